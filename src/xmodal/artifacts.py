@@ -1,0 +1,108 @@
+"""Run artifacts on disk: atomic writes (temp file + rename), checkpoints and provenance.
+
+Nothing here leaves a partial file behind: every writer goes through `atomic_write`, which
+writes a temporary file in the same folder and renames it over the target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+PACKAGES = ("xmodal", "torch", "transformers", "peft", "numpy", "scikit-learn", "pot", "safetensors")
+
+
+def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
+    """Call `writer(tmp_path)` then rename the temp file to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Rewrite-and-rename append, so a crash never leaves a half line."""
+    path = Path(path)
+    old = path.read_text() if path.exists() else ""
+    write_text(path, old + json.dumps(record, default=_jsonable) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _jsonable(obj):
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    import torch
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_safetensors(state: dict, path: str | Path, metadata: dict | None = None) -> Path:
+    from safetensors.torch import save_file
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def git_commit(start: str | Path | None = None) -> str | None:
+    folder = Path(start or Path(__file__).resolve().parent)
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=folder,
+                           capture_output=True, text=True, timeout=5).stdout.strip()
+    return out.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def provenance() -> dict:
+    import torch
+    return {"versions": versions(), "git_commit": git_commit(), "platform": platform.platform(),
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+            "threads": torch.get_num_threads()}

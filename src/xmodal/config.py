@@ -1,0 +1,293 @@
+"""Run configuration: the schema, YAML loading, dotted overrides and validation.
+
+A config is a tree of dataclasses (`Config`). Users give a YAML file and/or `--set a.b=value`
+overrides; `load_config` merges them over the defaults, rejects unknown keys (suggesting the
+closest one), checks types, and returns a frozen-in-spirit `Config`. `config_hash` gives the
+stable id used for run folders and the study store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .errors import UserError
+
+FINETUNE_MODES = ("all", "layernorm", "non-attn", "freeze-embedder", "freeze-body",
+                  "predictor-only", "lora")
+TASK_KINDS = ("auto", "classification", "multilabel", "dense")
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arrowhead"
+    kind: str = "auto"              # auto | classification | multilabel | dense (npz tasks)
+    data_dir: Optional[str] = None  # folder with NAS-Bench-360 / user files
+    max_train: Optional[int] = None  # subsample the training set (seeded)
+    max_test: Optional[int] = None   # subsample the test set (smoke runs)
+    val_fraction: float = 0.2        # carved from train with the split seed when no val split
+    split_seed: int = 0              # fixed: the validation split never depends on run.seed
+    options: dict = field(default_factory=dict)  # task-specific (e.g. darcy resolution, count)
+
+
+@dataclass
+class BodyConfig:
+    name: str = "minilm"             # minilm | hub name | local folder | vit-tiny-random
+    pretrained: bool = True          # False: random init from the same config (RQ4 baseline)
+    dropout: Optional[float] = None  # override hidden/attention dropout
+    num_layers: Optional[int] = None  # keep only the first k layers
+
+
+@dataclass
+class EmbedderConfig:
+    seq_len: int = 16                # target number of tokens for 1D inputs (and 2D on text bodies)
+    init_from_body: bool = True      # copy position embeddings / LayerNorm / patch filters
+    patch: Optional[int] = None      # 2D patch size override
+
+
+@dataclass
+class AlignConfig:
+    proxy: str = "none"              # none | digits | fakedata | cifar10 | mnist | text | fake-text | npz:PATH
+    epochs: int = 0                  # embedder epochs (one optimizer step each, ORCA semantics)
+    objective: str = "otdd"          # otdd | otdd-gaussian | mmd | l2
+    maxsamples: int = 64             # target samples per class per epoch
+    n_source: int = 5000             # proxy samples
+    lr: Optional[float] = None       # default: 10 x train.lr
+    step_per: str = "epoch"          # epoch (ORCA) | class
+    pseudo_labels: int = 10          # k-means clusters for dense / multi-label targets
+    eps: float = 0.1
+    from_epoch: Optional[int] = None  # fine-tune from this embedder epoch (default: last)
+    proxy_dir: Optional[str] = None  # folder with cifar10 / mnist / conll files
+    cache_dir: Optional[str] = None  # where proxy features and shared embedders are cached
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-4
+    optimizer: str = "adamw"         # adamw | sgd
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    schedule: str = "cosine"         # cosine | linear | constant
+    warmup_epochs: float = 0.0
+    accumulate: int = 1
+    clip: Optional[float] = 1.0
+    finetune: str = "all"
+    lora_rank: int = 8
+    pos_weight: Optional[float] = None  # multi-label BCE pos_weight (DeepSEA: 4)
+    eval_batch_size: int = 128
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda
+    out: str = "runs"
+    name: Optional[str] = None       # run folder name (default: <task>-<body>-<hash>)
+    precision: str = "fp32"          # fp32 | bf16 (CUDA autocast)
+    num_workers: int = 0
+    pin_memory: bool = False
+    save_checkpoint: bool = True     # write best.safetensors
+    threads: Optional[int] = None    # torch CPU threads
+
+
+@dataclass
+class Config:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    body: BodyConfig = field(default_factory=BodyConfig)
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "task.kind": TASK_KINDS,
+    "align.objective": ("otdd", "otdd-gaussian", "mmd", "l2"),
+    "align.step_per": ("epoch", "class"),
+    "train.optimizer": ("adamw", "sgd"),
+    "train.schedule": ("cosine", "linear", "constant"),
+    "train.finetune": FINETUNE_MODES,
+    "run.device": ("auto", "cpu", "cuda"),
+    "run.precision": ("fp32", "bf16"),
+}
+POSITIVE = {"train.epochs": 0, "train.batch_size": 1, "train.accumulate": 1, "train.lr": 0,
+            "embedder.seq_len": 1, "train.eval_batch_size": 1, "align.maxsamples": 2,
+            "align.epochs": 0, "align.n_source": 2}
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return _check_type(value, inner, key)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is dict and isinstance(value, dict):
+        return value
+    if isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    name = getattr(tp, "__name__", str(tp))
+    raise UserError(f"config key '{key}' must be {name}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            known = [f"{prefix}{n}" for n in names]
+            close = difflib.get_close_matches(full, known, n=1) or difflib.get_close_matches(
+                full, all_keys(), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+            raise UserError(f"unknown config key '{full}'{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise UserError(f"config section '{full}' must be a mapping, got {value!r}")
+            kwargs[key] = _build(tp, value, f"{full}.")
+        else:
+            kwargs[key] = _check_type(value, tp, full)
+    return cls(**kwargs)
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += all_keys(tp, f"{prefix}{f.name}.")
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=value` -> ("a.b", parsed value); the value is read as YAML (1e-3, true, null, [1,2])."""
+    if "=" not in item:
+        raise UserError(f"override '{item}' must look like key=value, e.g. train.lr=1e-4")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and _looks_float(raw):
+        value = float(raw)
+    return key.strip(), value
+
+
+def _looks_float(raw: str) -> bool:
+    try:
+        float(raw)
+        return True
+    except ValueError:
+        return False
+
+
+def set_dotted(tree: dict, key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        nxt = node.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise UserError(f"config key '{key}': '{part}' is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "options":
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"config file '{path}' is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{path}' must hold a mapping at the top level")
+    return data
+
+
+def from_dict(data: dict) -> Config:
+    cfg = _build(Config, data, "")
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
+                base: dict | None = None) -> Config:
+    """Defaults <- `base` <- YAML file <- overrides (list of 'k=v' or a flat {dotted: value})."""
+    tree: dict = dict(base or {})
+    if path is not None:
+        tree = deep_merge(tree, read_yaml(path))
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    for key, value in items:
+        set_dotted(tree, key, value)
+    return from_dict(tree)
+
+
+def validate(cfg: Config) -> None:
+    flat = flatten(cfg.to_dict())
+    for key, choices in CHOICES.items():
+        if flat[key] not in choices:
+            raise UserError(f"config key '{key}' must be one of {', '.join(choices)}; got {flat[key]!r}")
+    for key, low in POSITIVE.items():
+        if flat[key] < low:
+            raise UserError(f"config key '{key}' must be >= {low}; got {flat[key]!r}")
+    if not 0.0 < cfg.task.val_fraction < 1.0:
+        raise UserError("config key 'task.val_fraction' must be between 0 and 1")
+    if cfg.train.warmup_epochs < 0:
+        raise UserError("config key 'train.warmup_epochs' must be >= 0")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "options":
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# Keys that change where or how fast a run goes, not what it computes.
+NON_IDENTITY_KEYS = ("run.out", "run.name", "run.num_workers", "run.pin_memory", "run.threads",
+                     "run.save_checkpoint", "align.cache_dir", "train.eval_batch_size")
+
+
+def config_hash(cfg: Config, length: int = 10) -> str:
+    flat = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in NON_IDENTITY_KEYS}
+    blob = json.dumps(flat, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,147 @@
+"""Embedders: ORCA's task-specific input layers that turn raw inputs into body tokens.
+
+1D inputs `(B, C, L)`: Conv1d patching (kernel = stride = s) to at most `seq_len` tokens,
+LayerNorm, learned position embeddings. 2D inputs `(B, C, H, W)`: resize, Conv2d patching,
+flatten, LayerNorm, position embeddings. `init_from_body` copies the body's position embeddings
+and embedding LayerNorm and tiles a vision body's patch filters over the input channels; it is
+independent of whether the alignment stage runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .bodies import Body
+from .errors import UserError
+
+
+def plan_1d(length: int, seq_len: int) -> tuple[int, int, int]:
+    """(stride, padded length, tokens) for a length-L series and a target of `seq_len` tokens.
+
+    ORCA takes the smallest divisor s of L with L/s <= seq_len, which collapses a prime L to
+    one token. We use that divisor only when it keeps at least half the target tokens, and
+    otherwise pad L up to a multiple of s = ceil(L / seq_len).
+    """
+    if length <= seq_len:
+        return 1, length, length
+    for s in range(math.ceil(length / seq_len), length + 1):
+        if length % s == 0:
+            if length // s >= seq_len / 2:
+                return s, length, length // s
+            break
+    s = math.ceil(length / seq_len)
+    tokens = math.ceil(length / s)
+    return s, s * tokens, tokens
+
+
+def plan_2d(height: int, width: int, body: Body, seq_len: int, patch: int | None):
+    """(resize side, patch size, grid side). Vision bodies: their image and patch size;
+    text bodies: a g x g grid with g*g <= seq_len tokens."""
+    if body.info.family != "text":
+        p = patch or body.info.patch_size
+        side = body.info.image_size
+        return side, p, side // p
+    g = max(1, math.isqrt(seq_len))
+    p = patch or max(1, math.ceil(max(height, width) / g))
+    g = min(g, math.ceil(max(height, width) / p))
+    return g * p, p, g
+
+
+class Embedder(nn.Module):
+    """Patch projection -> LayerNorm -> + position embeddings. `forward(x) -> (tokens, grid)`."""
+
+    def __init__(self, input_shape: tuple, body: Body, seq_len: int, patch: int | None = None):
+        super().__init__()
+        dim = body.info.in_dim
+        self.input_shape = tuple(input_shape)
+        if len(input_shape) == 2 and body.info.family == "swin":
+            raise UserError("a Swin body needs 2D inputs (C, H, W); for 1D series (C, L) use a "
+                            "text body such as minilm or roberta-base")
+        if len(input_shape) == 2:
+            channels, length = input_shape
+            self.stride, self.padded, tokens = plan_1d(length, seq_len)
+            self.proj = nn.Conv1d(channels, dim, self.stride, self.stride)
+            self.grid = (tokens,)
+            self.resize = None
+        elif len(input_shape) == 3:
+            channels, h, w = input_shape
+            side, p, g = plan_2d(h, w, body, seq_len, patch)
+            self.resize = None if (h, w) == (side, side) else (side, side)
+            self.proj = nn.Conv2d(channels, dim, p, p)
+            self.grid = (g, g)
+        else:
+            raise UserError(f"inputs must be (C, L) or (C, H, W) per sample; got {input_shape}")
+        n_tokens = math.prod(self.grid)
+        check_token_budget(n_tokens, body)
+        self.norm = nn.LayerNorm(dim)
+        self.use_pos = body.info.family != "swin" or body.position_embeddings() is not None
+        self.pos = nn.Parameter(torch.zeros(n_tokens, dim)) if self.use_pos else None
+        if self.pos is not None:
+            nn.init.trunc_normal_(self.pos, std=0.02)
+
+    @property
+    def n_tokens(self) -> int:
+        return math.prod(self.grid)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        if x.shape[1:] != self.input_shape:
+            raise UserError(f"embedder expects inputs of shape (B, {', '.join(map(str, self.input_shape))}), "
+                            f"got {tuple(x.shape)}")
+        if x.dim() == 3 and self.padded != x.shape[-1]:
+            x = F.pad(x, (0, self.padded - x.shape[-1]))
+        elif x.dim() == 4 and self.resize is not None:
+            x = F.interpolate(x, size=self.resize, mode="bilinear", align_corners=False)
+        tokens = self.proj(x).flatten(2).transpose(1, 2)
+        tokens = self.norm(tokens)
+        if self.pos is not None:
+            tokens = tokens + self.pos
+        return tokens, self.grid
+
+    @torch.no_grad()
+    def init_from_body(self, body: Body) -> list[str]:
+        """Copy what fits from the body's own embedding; returns what was copied."""
+        done = []
+        pos = body.position_embeddings()
+        if self.pos is not None and pos is not None:
+            self.pos.copy_(_fit_positions(pos.detach(), self.grid))
+            done.append("position embeddings")
+        norm = body.embedding_layernorm()
+        if norm is not None and norm.weight.shape == self.norm.weight.shape:
+            self.norm.load_state_dict(norm.state_dict())
+            done.append("embedding LayerNorm")
+        patch = body.patch_weight()
+        if patch is not None and patch[0].shape[2:] == self.proj.weight.shape[2:]:
+            weight, bias = patch
+            channels = self.proj.weight.shape[1]
+            idx = torch.arange(channels) % weight.shape[1]
+            self.proj.weight.copy_(weight[:, idx] * (weight.shape[1] / channels))
+            if bias is not None:
+                self.proj.bias.copy_(bias)
+            done.append("patch filters (tiled over input channels)")
+        return done
+
+
+def _fit_positions(pos: torch.Tensor, grid: tuple) -> torch.Tensor:
+    """Take the first rows (1D / text) or interpolate a square position grid (vision)."""
+    n = math.prod(grid)
+    if len(grid) == 1 or pos.shape[0] != n and math.isqrt(pos.shape[0]) ** 2 != pos.shape[0]:
+        if pos.shape[0] < n:
+            raise UserError(f"the body has {pos.shape[0]} positions but the embedder needs {n}")
+        return pos[:n]
+    if pos.shape[0] == n:
+        return pos
+    side = math.isqrt(pos.shape[0])
+    img = pos.T.reshape(1, -1, side, side)
+    img = F.interpolate(img, size=grid, mode="bicubic", align_corners=False)
+    return img.reshape(pos.shape[1], n).T
+
+
+def check_token_budget(n_tokens: int, body: Body) -> None:
+    limit = body.info.max_tokens
+    if limit is not None and n_tokens > limit:
+        raise UserError(f"the embedder makes {n_tokens} tokens but the body takes at most {limit}; "
+                        f"lower embedder.seq_len")

@@ -1,0 +1,154 @@
+"""One run end to end: `fit(config) -> FitResult`.
+
+Resolve the config, load the task, build embedder + body + predictor, optionally align the
+embedder (stage 2, `align.py`), fine-tune (stage 3, `training.py`), evaluate the best-validation
+and the last weights on the test split, and write the run folder:
+`config.yaml`, `metrics.jsonl`, `summary.json`, `best.safetensors` (and `resume.pt` while the
+run is in progress, so a crashed run continues from its last finished epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+import yaml
+
+from . import artifacts
+from .config import Config, config_hash, from_dict, load_config
+from .metrics import METRIC_LABELS
+from .model import apply_finetune_mode, build_model, trainable_summary
+from .tasks import TaskData, load_task
+from .training import Trainer, TrainingDiverged, best_model, evaluate, resolve_device
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    status: str            # done | failed
+    summary: dict
+    history: list
+
+    @property
+    def test_metric(self) -> Optional[float]:
+        return self.summary.get("test_metric_best")
+
+
+def as_config(config: Union[Config, dict, str, Path, None]) -> Config:
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, dict):
+        return from_dict(config)
+    return load_config(config)
+
+
+def run_id(cfg: Config) -> str:
+    if cfg.run.name:
+        return cfg.run.name
+    task = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.task.name.removeprefix("npz:")).stem)
+    body = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.body.name).name)
+    return f"{task}-{body}-{config_hash(cfg)}"
+
+
+def fit(config: Union[Config, dict, str, Path, None] = None, *, progress: bool = True,
+        force: bool = False, log: Callable[[str], None] = print,
+        data: Optional[TaskData] = None, run_dir: Optional[Path] = None) -> FitResult:
+    """Train and evaluate one configuration. Re-running a finished run returns its stored
+    result (unless `force`); re-running an interrupted one resumes after its last epoch."""
+    cfg = as_config(config)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    run_dir = Path(run_dir or Path(cfg.run.out) / run_id(cfg))
+    done = _finished(run_dir)
+    if done is not None and not force:
+        log(f"run {run_dir} is already complete (use --force to retrain)")
+        return done
+    if force:
+        for name in ("resume.pt", "metrics.jsonl", "summary.json"):
+            (run_dir / name).unlink(missing_ok=True)
+    started = time.time()
+    device = resolve_device(cfg.run.device)
+    artifacts.write_text(run_dir / "config.yaml", _config_yaml(cfg, device))
+    data = data if data is not None else load_task(cfg.task)
+    model, init_notes = build_model(data.spec, cfg)
+    align_info = _align(model, data, cfg, device, run_dir, progress, log)
+    model = apply_finetune_mode(model, cfg.train.finetune, cfg.train.lora_rank)
+    params = trainable_summary(model)
+    log(f"{run_dir.name}: task {data.spec.name} {data.sizes()}, body {cfg.body.name}, "
+        f"{params['trainable']:,} of {params['total']:,} parameters trainable ({cfg.train.finetune})")
+    base = {"run_id": run_dir.name, "task": data.spec.name, "body": cfg.body.name,
+            "metric": data.spec.metric, "metric_label": METRIC_LABELS[data.spec.metric],
+            "sizes": data.sizes(), "parameters": params, "embedder_init": init_notes,
+            "align": align_info, "notes": data.notes, "seed": cfg.run.seed}
+    trainer = Trainer(model, data, cfg, device, resume_path=run_dir / "resume.pt",
+                      on_epoch=lambda rec: _on_epoch(run_dir, trainer, rec, data, log),
+                      progress=progress)
+    if trainer.load_resume():
+        log(f"resuming {run_dir.name} after epoch {trainer.state.epoch}")
+    try:
+        state = trainer.run()
+    except TrainingDiverged as exc:
+        summary = {**base, "status": "failed", "error": str(exc),
+                   "seconds": time.time() - started}
+        artifacts.write_json(run_dir / "summary.json", summary)
+        (run_dir / "resume.pt").unlink(missing_ok=True)
+        log(f"run failed: {exc}")
+        return FitResult(run_dir, "failed", summary, trainer.state.history)
+    summary = {**base, **_final_eval(model, state, data, cfg, device, run_dir),
+               "status": "done", "seconds": time.time() - started}
+    artifacts.write_json(run_dir / "summary.json", summary)
+    (run_dir / "resume.pt").unlink(missing_ok=True)
+    log(f"{run_dir.name}: test {summary['metric']} = {summary['test_metric_best']:.4f} "
+        f"(best val epoch {summary['best_epoch']}); last epoch {summary['test_metric_last']:.4f}")
+    return FitResult(run_dir, "done", summary, state.history)
+
+
+def _finished(run_dir: Path) -> Optional[FitResult]:
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    if summary.get("status") != "done":
+        return None
+    return FitResult(run_dir, "done", summary, artifacts.read_jsonl(run_dir / "metrics.jsonl"))
+
+
+def _config_yaml(cfg: Config, device: torch.device) -> str:
+    doc = {"config": cfg.to_dict(), "seed": cfg.run.seed, "config_hash": config_hash(cfg),
+           "device": str(device), **artifacts.provenance()}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def _on_epoch(run_dir: Path, trainer: Trainer, record: dict, data: TaskData, log) -> None:
+    lines = "".join(json.dumps(r) + "\n" for r in trainer.state.history)
+    artifacts.write_text(run_dir / "metrics.jsonl", lines)
+    if not trainer.progress:
+        return
+    log(f"  epoch {record['epoch']}: train loss {record['train_loss']:.4f}, "
+        f"val {data.spec.metric} {record['val_metric']:.4f}, lr {record['lr']:.2e}, "
+        f"{record['seconds']:.1f}s")
+
+
+def _align(model, data, cfg: Config, device, run_dir: Path, progress: bool, log) -> Optional[dict]:
+    if cfg.align.proxy == "none" or cfg.align.epochs == 0:
+        return None
+    from .align import run_alignment
+    return run_alignment(model, data, cfg, device, run_dir, progress=progress, log=log)
+
+
+def _final_eval(model, state, data: TaskData, cfg: Config, device, run_dir: Path) -> dict:
+    last_test, info = evaluate(model, data.x_test, data.y_test, data, cfg, device)
+    best = best_model(model, state)
+    best_test, info_best = evaluate(best, data.x_test, data.y_test, data, cfg, device)
+    if cfg.run.save_checkpoint:
+        artifacts.save_safetensors(best.state_dict(), run_dir / "best.safetensors",
+                                   {"epoch": state.best_epoch, "config_hash": config_hash(cfg)})
+    last_val = state.history[-1]["val_metric"] if state.history else None
+    return {"best_epoch": state.best_epoch, "best_val_metric": state.best_metric,
+            "test_metric_best": best_test, "test_metric_last": last_test,
+            "last_val_metric": last_val, "epochs": len(state.history), **info_best}

@@ -1,0 +1,227 @@
+"""Stage 3 (refine): the fine-tuning loop, optimisers, LR schedules and batched evaluation.
+
+Correct where the reference code was not: the schedule never goes below zero, the scheduler
+steps once per optimizer step, the loss is divided by the accumulation count, gradients are
+clipped once on the accumulated gradient, model selection uses the validation split, and the
+metric is computed over the whole evaluation set. Training state can be saved after every
+epoch and resumed bit-for-bit on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from .config import Config, TrainConfig
+from .metrics import compute_metric, make_loss
+from .model import CrossModalModel
+from .tasks import TaskData
+from .artifacts import atomic_torch_save
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf."""
+
+
+def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up to 1, then cosine / linear decay to 0 at `total`; never negative."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return max(0.0, 1.0 - progress)
+
+
+def make_scheduler(opt, total: int, warmup: int, schedule: str):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, schedule))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from .errors import UserError
+        raise UserError("run.device is 'cuda' but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: np.ndarray, batch_size: int, device: torch.device,
+            precision: str = "fp32") -> np.ndarray:
+    """Batched forward pass; only one batch lives on the device at a time."""
+    model.eval()
+    outs = []
+    for start in range(0, len(x), batch_size):
+        xb = torch.from_numpy(x[start:start + batch_size]).to(device, non_blocking=True)
+        with autocast(device, precision):
+            outs.append(model(xb).float().cpu())
+    return torch.cat(outs).numpy()
+
+
+def evaluate(model, x, y, data: TaskData, cfg: Config, device) -> tuple[float, dict]:
+    out = predict(model, x, cfg.train.eval_batch_size, device, cfg.run.precision)
+    if data.spec.kind == "dense":
+        out, y = data.decode_y(out), data.decode_y(y)
+    return compute_metric(data.spec.metric, out, y)
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0                      # epochs completed
+    best_metric: float = float("inf")
+    best_epoch: int = -1
+    best_state: Optional[dict] = None
+    history: list = field(default_factory=list)
+
+
+class Trainer:
+    """Fine-tunes `model` on `data`; `run()` returns the final `TrainState`."""
+
+    def __init__(self, model: CrossModalModel, data: TaskData, cfg: Config, device: torch.device,
+                 resume_path: Optional[Path] = None, on_epoch: Optional[Callable] = None,
+                 progress: bool = True):
+        self.model, self.data, self.cfg, self.device = model.to(device), data, cfg, device
+        self.resume_path, self.on_epoch, self.progress = resume_path, on_epoch, progress
+        tc = cfg.train
+        self.loss_fn = make_loss(data.spec.kind, tc.pos_weight)
+        self.n_batches = math.ceil(len(data.x_train) / tc.batch_size)
+        self.steps_per_epoch = math.ceil(self.n_batches / tc.accumulate)
+        total = tc.epochs * self.steps_per_epoch
+        self.opt = make_optimizer(model.parameters(), tc, tc.lr)
+        self.sched = make_scheduler(self.opt, total, int(round(tc.warmup_epochs * self.steps_per_epoch)),
+                                    tc.schedule)
+        self.state = TrainState()
+        self._decode = self._make_decoder() if data.spec.kind == "dense" else None
+
+    def _make_decoder(self):
+        if self.data.y_mean is None:
+            return None
+        mean = torch.as_tensor(self.data.y_mean, device=self.device)
+        std = torch.as_tensor(self.data.y_std, device=self.device)
+        return lambda t: t * std + mean
+
+    # ------------------------------------------------------------------ resume
+    def load_resume(self) -> bool:
+        if self.resume_path is None or not self.resume_path.is_file():
+            return False
+        blob = torch.load(self.resume_path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(blob["model"])
+        self.opt.load_state_dict(blob["optimizer"])
+        self.sched.load_state_dict(blob["scheduler"])
+        self.state = blob["state"]
+        return True
+
+    def _save_resume(self) -> None:
+        if self.resume_path is None:
+            return
+        atomic_torch_save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                           "scheduler": self.sched.state_dict(), "state": self.state},
+                          self.resume_path)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> TrainState:
+        tc = self.cfg.train
+        while self.state.epoch < tc.epochs:
+            epoch = self.state.epoch + 1
+            t0 = time.perf_counter()
+            train_loss = self._train_epoch(epoch)
+            val, _ = evaluate(self.model, self.data.x_val, self.data.y_val, self.data, self.cfg,
+                              self.device)
+            record = {"epoch": epoch, "train_loss": train_loss, "val_metric": val,
+                      "lr": self.opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+            self._track_best(epoch, val)
+            self.state.history.append(record)
+            self.state.epoch = epoch
+            self._save_resume()
+            if self.on_epoch is not None:
+                self.on_epoch(record)
+        return self.state
+
+    def _track_best(self, epoch: int, val: float) -> None:
+        if np.isfinite(val) and val < self.state.best_metric:
+            self.state.best_metric, self.state.best_epoch = float(val), epoch
+            self.state.best_state = {k: v.detach().to("cpu", copy=True)
+                                     for k, v in self.model.state_dict().items()}
+
+    def _loader(self, epoch: int) -> DataLoader:
+        ds = TensorDataset(torch.from_numpy(self.data.x_train), torch.from_numpy(self.data.y_train))
+        gen = torch.Generator().manual_seed(self.cfg.run.seed * 100_003 + epoch)
+        return DataLoader(ds, batch_size=self.cfg.train.batch_size, shuffle=True, generator=gen,
+                          num_workers=self.cfg.run.num_workers, pin_memory=self.cfg.run.pin_memory)
+
+    def _train_epoch(self, epoch: int) -> float:
+        tc, model = self.cfg.train, self.model
+        torch.manual_seed(self.cfg.run.seed * 7919 + epoch)  # dropout / augmentation RNG
+        model.train()
+        total, count = 0.0, 0
+        bar = tqdm(self._loader(epoch), total=self.n_batches, leave=False, file=sys.stderr,
+                   desc=f"epoch {epoch}/{tc.epochs}", disable=not (self.progress and sys.stderr.isatty()),
+                   dynamic_ncols=True)
+        self.opt.zero_grad(set_to_none=True)
+        for i, (xb, yb) in enumerate(bar):
+            loss = self._step_loss(xb, yb)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"training loss became {loss.item()} at epoch {epoch}, batch "
+                                       f"{i + 1}; lower train.lr or check the data for outliers")
+            (loss / tc.accumulate).backward()
+            if (i + 1) % tc.accumulate == 0 or i + 1 == self.n_batches:
+                self._optimizer_step()
+            total += loss.item() * len(xb)
+            count += len(xb)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        bar.close()
+        return total / count
+
+    def _step_loss(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        xb = xb.to(self.device, non_blocking=True)
+        yb = yb.to(self.device, non_blocking=True)
+        if self.data.augment is not None:
+            xb = self.data.augment(xb)
+        with autocast(self.device, self.cfg.run.precision):
+            out = self.model(xb).float()
+        if self._decode is not None:
+            out, yb = self._decode(out), self._decode(yb)
+        return self.loss_fn(out, yb)
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.train.clip:
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.train.clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def best_model(model: torch.nn.Module, state: TrainState) -> torch.nn.Module:
+    """A copy of `model` holding the best-validation weights."""
+    best = copy.deepcopy(model)
+    if state.best_state is not None:
+        best.load_state_dict(state.best_state)
+    return best
