@@ -1,0 +1,165 @@
+"""Backing for `xmodal distance`: the OTDD between two labelled datasets.
+
+`distance_command(args) -> dict`. Two .npz files (`x` (N, d), `y` (N,) int; `y` optional in the
+target) go straight to `otdd.distance_from_npz`. Otherwise each side is resolved by name in the
+embedding space of `--body` (default minilm):
+* source: a proxy name (digits, mnist, cifar10, fakedata, text, fake-text, npz:PATH - the body's
+  own input embedding, as in alignment; `proxy:NAME` forces this reading), else a task name
+  (`task:NAME` forces it), or an .npz file;
+* target: a task name, or an .npz file.
+A task's features are what alignment compares: its embedder at initialisation (built for the
+task and the body with seed 0, initialised from the body), mean over tokens, on up to
+`--max-samples` training samples (seeded, at least 2 per class); its labels are the classes
+(k-means pseudo-labels, k = 10, for dense / multi-label tasks). The value is the full labelled
+OTDD between the two sets, computed in float64.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+SEED = 0
+PSEUDO_K = 10
+
+
+def distance_command(args) -> dict:
+    if args.max_samples is not None and args.max_samples < 2:
+        raise UserError(f"--max-samples must be >= 2; got {args.max_samples}")
+    if _is_npz(args.source) and _is_npz(args.target):
+        from .otdd import distance_from_npz
+        out = distance_from_npz(args.source, args.target, args.inner, args.eps)
+        return {"otdd": out.pop("otdd"), "source": args.source, "target": args.target, **out}
+    from .bodies import load_body
+    from .config import BodyConfig
+    torch.manual_seed(SEED)
+    body = load_body(BodyConfig(name=args.body))
+    body.eval()
+    xs, ys, sdesc = _side(args.source, "source", body, args)
+    xt, yt, tdesc = _side(args.target, "target", body, args)
+    if xs.shape[1] != xt.shape[1]:
+        raise UserError(f"source and target feature dimensions differ: "
+                        f"{xs.shape[1]} vs {xt.shape[1]}")
+    value = _otdd(xs, ys, xt, yt, args.inner, args.eps)
+    return {"otdd": value, "source": args.source, "target": args.target, "inner": args.inner,
+            "eps": float(args.eps), "n_source": int(len(xs)), "n_target": int(len(xt)),
+            "dim": int(xs.shape[1]), "body": args.body, "source_features": sdesc,
+            "target_features": tdesc, "source_classes": _n_classes(ys),
+            "target_classes": _n_classes(yt)}
+
+
+def _n_classes(y) -> int:
+    return 1 if y is None else int(len(torch.unique(y)))
+
+
+def _otdd(xs, ys, xt, yt, inner: str, eps: float) -> float:
+    from .otdd import otdd
+    try:
+        return float(otdd(xs.double(), ys, xt.double(), yt, inner=inner, eps=eps))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _is_npz(name: str) -> bool:
+    return str(name).endswith(".npz") and not str(name).startswith("npz:")
+
+
+# ----------------------------------------------------------------------------- one side
+
+def _side(name: str, role: str, body, args):
+    """(features, labels or None, description) for one side of the distance."""
+    from .proxies import IMAGE_PROXIES, TEXT_PROXIES
+    if _is_npz(name):
+        x, y = read_features_npz(name, role, need_y=role == "source")
+        return x, y, f"features from {name}"
+    forced_task = name.startswith("task:")
+    bare = name.removeprefix("task:").removeprefix("proxy:")
+    is_proxy = name.startswith("proxy:") or (
+        role == "source" and not forced_task
+        and (bare in IMAGE_PROXIES + TEXT_PROXIES or bare.startswith("npz:")))
+    if is_proxy:
+        return _proxy_side(bare, body, args)
+    return _task_side(bare, role, body, args)
+
+
+def _proxy_side(name: str, body, args):
+    from .config import load_config
+    from .proxies import proxy_features
+    overrides = {"align.n_source": args.max_samples or 5000,
+                 "align.proxy_dir": getattr(args, "proxy_dir", None),
+                 "align.cache_dir": getattr(args, "cache_dir", None)}
+    cfg = load_config(overrides=overrides)
+    try:
+        x, y, info = proxy_features(name, body, cfg)
+    except UserError as exc:
+        if name in _task_names():
+            raise UserError(f"{exc} (to use the task '{name}' through its embedder instead, "
+                            f"pass task:{name})") from None
+        raise
+    return x, y, f"proxy '{name}' through the body's input embedding ({info.get('source')})"
+
+
+def _task_names() -> list:
+    from .tasks import list_specs
+    return [s.name for s in list_specs()]
+
+
+def _task_side(name: str, role: str, body, args):
+    from .align import pseudo_labels
+    from .config import TaskConfig
+    from .proxies import IMAGE_PROXIES, TEXT_PROXIES, sample_indices
+    from .tasks import REGISTRY, _load_plugins, load_task
+    _load_plugins()
+    if name not in REGISTRY and not name.startswith("npz:"):
+        proxies = ", ".join(IMAGE_PROXIES + TEXT_PROXIES + ("npz:PATH",))
+        what = f"a proxy ({proxies}), " if role == "source" else ""
+        raise UserError(f"unknown {role} '{name}': expected {what}a task name "
+                        f"({', '.join(REGISTRY)}), or an .npz file of features")
+    data = load_task(TaskConfig(name=name, data_dir=getattr(args, "data_dir", None)))
+    if data.spec.kind == "classification":
+        labels = np.asarray(data.y_train)
+    else:
+        labels = pseudo_labels(data.y_train, PSEUDO_K, SEED)
+    idx = sample_indices(labels, args.max_samples or len(labels), seed=SEED)
+    x = task_features(data.x_train[idx], data.spec.input_shape, body,
+                      getattr(args, "seq_len", None) or 16)
+    return x, torch.as_tensor(labels[idx]), (f"task '{name}' embedder at initialisation "
+                                             f"(seed {SEED}), mean over tokens")
+
+
+@torch.no_grad()
+def task_features(x: np.ndarray, input_shape, body, seq_len: int, batch: int = 256):
+    """Mean-over-tokens output of a fresh embedder for the task (seeded, initialised from the
+    body), as `CrossModalModel.embed` computes it."""
+    from .embedders import Embedder
+    torch.manual_seed(SEED)
+    embedder = Embedder(tuple(input_shape), body, seq_len)
+    embedder.init_from_body(body)
+    out = [embedder(torch.from_numpy(np.ascontiguousarray(x[s: s + batch])).float())[0].mean(1)
+           for s in range(0, len(x), batch)]
+    return torch.cat(out)
+
+
+def read_features_npz(path: str, role: str, need_y: bool):
+    """x (N, d) float and y (N,) int (or None) from an .npz; bad files -> UserError."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{role} file {path} does not exist")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as exc:
+        raise UserError(f"cannot read {role} file {path}: {exc}") from None
+    if "x" not in arrays or (need_y and "y" not in arrays):
+        raise UserError(f"{role} file {path} must hold x (N, d)" + (" and y (N,)" if need_y else "")
+                        + f"; found {sorted(arrays)}")
+    x, y = arrays["x"], arrays.get("y")
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
+        raise UserError(f"{role} 'x' in {path} must be a finite numeric (N, d) array")
+    if y is not None and (y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer)):
+        raise UserError(f"{role} 'y' in {path} must be integers of shape ({len(x)},)")
+    return torch.as_tensor(x, dtype=torch.float64), None if y is None else torch.as_tensor(y)
