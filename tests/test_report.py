@@ -1,0 +1,180 @@
+"""Reports: sentences computed from the stored numbers, figures and both report files."""
+
+import pytest
+
+from xmodal.errors import UserError
+from xmodal.report import Stat, compare, spearman, write_report
+from xmodal.store import Store
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _config(task, seed, proxy="none", epochs=4, from_epoch=None, finetune="all",
+            pretrained=True, body="minilm"):
+    return {"task": {"name": task}, "run": {"seed": seed},
+            "align": {"proxy": proxy, "epochs": epochs if proxy != "none" else 0,
+                      "from_epoch": from_epoch},
+            "train": {"finetune": finetune, "epochs": 3},
+            "body": {"name": body, "pretrained": pretrained}}
+
+
+class Builder:
+    """Writes runs with chosen final test metrics into a study store."""
+
+    def __init__(self, path):
+        self.store = Store(path, create=True)
+        self.n = 0
+
+    def add(self, part, experiment, task, values, labels, trace=None, **cfg):
+        for seed, value in enumerate(values):
+            rid = f"r{self.n:04d}"
+            self.n += 1
+            history = [{"epoch": e, "train_loss": 1.0 / e, "val_metric": value + 0.1 / e,
+                        "lr": 1e-4, "seconds": 0.1} for e in (1, 2, 3)]
+            summary = {"metric": "error", "metric_label": "0-1 error", "best_epoch": 3,
+                       "best_val_metric": value, "test_metric_best": value,
+                       "test_metric_last": value + 0.01, "parameters": {"total": 1},
+                       "align": None if trace is None else {"trace": trace(seed)}}
+            self.store.register({"name": "synthetic", "description": "numbers chosen by hand"},
+                                [{"id": rid, "task": task, "seed": seed,
+                                  "config": _config(task, seed, **cfg), "axes": {},
+                                  "run_dir": f"runs/{rid}",
+                                  "members": [(part, experiment, {**labels, "seed": seed})]}])
+            self.store.claim(rid)
+            self.store.record(rid, {"status": "done", "summary": summary, "history": history,
+                                    "seconds": 1.0})
+
+    def fail(self, part, experiment, task):
+        rid = f"r{self.n:04d}"
+        self.n += 1
+        self.store.register({"name": "synthetic"}, [{
+            "id": rid, "task": task, "seed": 9, "config": _config(task, 9), "axes": {},
+            "members": [(part, experiment, {"label": "naive", "variant": "naive"})]}])
+        self.store.claim(rid)
+        self.store.record(rid, {"status": "failed", "error": "TrainingDiverged: loss became nan"})
+
+
+def _proxy_part(b: Builder):
+    for task, naive, text, fake in (
+            ("digits", [0.10, 0.11, 0.12], [0.20, 0.21, 0.22], [0.105, 0.115, 0.11]),
+            ("italypower", [0.30, 0.31, 0.32], [0.10, 0.11, 0.12], [0.11, 0.12, 0.10])):
+        b.add("proxy", "proxy", task, naive, {"label": "naive", "variant": "naive"})
+        b.add("proxy", "proxy", task, text, {"label": "text", "variant": "text"}, proxy="text")
+        b.add("proxy", "proxy", task, fake, {"label": "fake-text", "variant": "fake-text"},
+              proxy="fake-text")
+
+
+def _sentences(md: str) -> list[str]:
+    return [line[2:] for line in md.splitlines() if line.startswith("- On ")]
+
+
+def test_compare_rule():
+    a, b = Stat([0.10, 0.11, 0.12]), Stat([0.20, 0.21, 0.22])
+    assert compare(a, b) == "better" and compare(b, a) == "worse"
+    assert compare(Stat([0.10, 0.20, 0.30]), Stat([0.15, 0.25, 0.35])) == "same"
+    assert compare(Stat([0.1]), b) == "unknown"
+    assert Stat([0.1, 0.3]).text() == "0.200 ± 0.141"
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_proxy_sentences_follow_the_numbers(tmp_path):
+    b = Builder(tmp_path)
+    _proxy_part(b)
+    b.fail("proxy", "proxy", "digits")
+    b.store.close()
+    path = write_report(tmp_path)
+    md = path.read_text()
+    said = _sentences(md)
+    digits = [s for s in said if s.startswith("On digits, embedder")][0]
+    assert "was worse than naive fine-tuning beyond the seed spread with text" in digits
+    assert "naive 0.110 ± 0.010" in digits and "text 0.210 ± 0.010" in digits
+    assert "fake-text" not in digits.split("(")[0]  # fake-text is within the spread
+    italy = [s for s in said if s.startswith("On italypower, embedder")][0]
+    assert "beat naive fine-tuning beyond the seed spread with text and fake-text" in italy
+    assert any(s.startswith("On digits, the choice of proxy mattered") for s in said)
+    assert any(s.startswith("On italypower, the choice of proxy made no difference") for s in said)
+    # only the experiment present is reported; the failed run is listed
+    assert "RQ1" in md and "RQ2" not in md and "RQ3" not in md and "RQ4" not in md
+    assert "1 run(s) failed" in md and "TrainingDiverged" in md
+    assert "exceeds the larger of their two standard deviations" in md
+    # table values are the stored numbers
+    assert "| digits | text | 3 | 0.210 ± 0.010 |" in md
+    figs = list((tmp_path / "report").glob("*.png"))
+    assert [f.name for f in figs] == ["rq1-proxy.png"]
+    assert figs[0].read_bytes()[:8] == PNG and figs[0].stat().st_size > 10_000
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 1 and "<table>" in page
+
+
+def test_all_four_experiments(tmp_path):
+    b = Builder(tmp_path)
+    _proxy_part(b)
+    # RQ2: OTDD falls with embedder epochs while the error rises
+    otdd = {0: 10.0, 1: 8.0, 2: 6.0, 4: 4.0}
+    trace = lambda seed: [{"epoch": e, "otdd": v + 0.1 * seed, "seconds": 0.1}  # noqa: E731
+                          for e, v in otdd.items()]
+    for e, errs in ((0, [0.10, 0.11, 0.12]), (1, [0.12, 0.13, 0.14]), (2, [0.15, 0.16, 0.17]),
+                    (4, [0.20, 0.21, 0.22])):
+        b.add("align", "align-epochs", "gunpoint", errs, {"label": str(e)}, trace=trace,
+              proxy="text", from_epoch=e)
+    # RQ3: fine-tuning the body matters, embedder training does not
+    modes = {"all": 0.10, "freeze-embedder": 0.11, "freeze-body": 0.40, "predictor-only": 0.45}
+    for mode, base in modes.items():
+        for kind, proxy in (("trained", "text"), ("untrained", "none")):
+            b.add("freezing", "freezing", "gunpoint", [base, base + 0.01, base + 0.02],
+                  {"label": f"{kind} / {mode}", "variant": kind}, proxy=proxy, finetune=mode)
+    # RQ4: numeric token counts; random init is as good as the best body
+    for label, tokens, errs, pre in (("roberta-base", 3e10, [0.20, 0.21, 0.22], True),
+                                     ("1B", 1e9, [0.25, 0.26, 0.27], True),
+                                     ("10M", 1e7, [0.30, 0.31, 0.32], True),
+                                     ("random init", 0, [0.20, 0.22, 0.21], False)):
+        b.add("pre", "pretraining", "gunpoint", errs,
+              {"label": label, "variant": label, "tokens": tokens}, proxy="text", pretrained=pre)
+    b.store.close()
+    md = write_report(tmp_path).read_text()
+    said = _sentences(md)
+    rq2 = [s for s in said if s.startswith("On gunpoint, OTDD")][0]
+    assert "OTDD fell from 10.1 (embedder epoch 0) to 4.10 (epoch 4)" in rq2
+    assert "0.210 ± 0.010 vs 0.110 ± 0.010 from the epoch-0 embedder (higher, beyond the seed " \
+           "spread)" in rq2
+    assert "lowest mean error came from embedder epoch 0" in rq2
+    assert "-1.00 (lower OTDD went with higher error" in rq2
+    rq3 = [s for s in said if "fine-tuning the body" in s][0]
+    assert rq3.startswith("On gunpoint (trained embedder), fine-tuning the body helped")
+    assert "all (embedder + body + predictor)) 0-1 error 0.110 ± 0.010" in rq3
+    emb = [s for s in said if "trained embedder beat the untrained" in s][0]
+    assert "in 0 of 4 freezing modes" in emb
+    rq4 = [s for s in said if "pre-training" in s][0]
+    assert "pre-training made no difference beyond the seed spread" in rq4
+    assert "best pre-trained body (roberta-base)" in rq4 and "-1.00" in rq4
+    names = sorted(f.name for f in (tmp_path / "report").glob("*.png"))
+    assert names == ["rq1-proxy.png", "rq2-align-epochs-align.png", "rq3-freezing.png",
+                     "rq4-pretraining-pre.png"]
+    for name in names:
+        data = (tmp_path / "report" / name).read_bytes()
+        assert data[:8] == PNG and len(data) > 10_000
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4
+    for rq in ("RQ1", "RQ2", "RQ3", "RQ4"):
+        assert rq in md
+
+
+def test_single_seed_gives_no_verdict(tmp_path):
+    b = Builder(tmp_path)
+    b.add("proxy", "proxy", "digits", [0.1], {"label": "naive", "variant": "naive"})
+    b.add("proxy", "proxy", "digits", [0.3], {"label": "text", "variant": "text"}, proxy="text")
+    b.store.close()
+    md = write_report(tmp_path).read_text()
+    assert "no spread to judge by" in md
+    assert "beat" not in md.split("## ")[-1].split("|")[-1]
+
+
+def test_report_needs_finished_runs(tmp_path):
+    with pytest.raises(UserError, match="not a study folder"):
+        write_report(tmp_path)
+    b = Builder(tmp_path)
+    b.fail("proxy", "proxy", "digits")
+    b.store.close()
+    with pytest.raises(UserError, match="no finished runs"):
+        write_report(tmp_path)

@@ -1,0 +1,273 @@
+"""Study specs, expansion, the resumable runner (incl. SIGKILL), status, export and CLI."""
+
+import csv
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xmodal import study
+from xmodal.cli import main
+from xmodal.config import config_hash
+from xmodal.errors import UserError
+from xmodal.store import Store
+
+TINY = {"task": {"max_train": 40, "max_test": 40},
+        "body": {"num_layers": 1},
+        "embedder": {"seq_len": 8},
+        "align": {"epochs": 2, "n_source": 60, "maxsamples": 16, "eps": 1.0},
+        "train": {"epochs": 1, "batch_size": 16},
+        "run": {"save_checkpoint": False, "device": "cpu", "threads": 1}}
+
+
+@pytest.fixture(autouse=True)
+def _env(tmp_path, monkeypatch):
+    import torch
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "xcache"))
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # TINY sets run.threads=1 (fast under load); undo it
+
+
+def _spec(**extra):
+    spec = {"name": "tiny", "description": "tiny test study", "experiment": "freezing",
+            "base": TINY, "tasks": ["italypower"], "seeds": [0],
+            "variants": [{"label": "untrained", "set": {"align.proxy": "none"}}],
+            "axes": {"train.finetune": ["predictor-only", "freeze-body"]}}
+    spec.update(extra)
+    return spec
+
+
+def _write(tmp_path, spec) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+# ----------------------------------------------------------------------------- specs
+
+def test_builtin_specs_load_and_expand(tmp_path):
+    names = study.builtin_names()
+    assert {"proxy", "align-epochs", "freezing", "pretraining", "demo"} <= set(names)
+    for name in names:
+        spec = study.load_spec(name)
+        assert spec.get("description"), name
+        plan = study.expand(spec, tmp_path / name)
+        ids = [r.id for r in plan.runs]
+        assert len(ids) == len(set(ids))
+        for run in plan.runs:
+            assert run.id == config_hash(run.config)
+            assert run.config.align.cache_dir == str((tmp_path / name / "align-cache").resolve())
+            assert str(run.run_dir).startswith(str((tmp_path / name / "runs").resolve()))
+
+
+def test_demo_covers_all_four_experiments_and_shares_runs(tmp_path):
+    plan = study.expand(study.load_spec("demo"), tmp_path)
+    parts = {m[1] for r in plan.runs for m in r.members}
+    assert parts == {"proxy", "align-epochs", "freezing", "pretraining"}
+    from xmodal.tasks import REGISTRY
+    modalities = {REGISTRY[r.task].spec.modality for r in plan.runs}
+    assert modalities == {"1d", "2d"}
+    assert len({r.seed for r in plan.runs}) >= 2
+    # ORCA's default setting is one run serving several experiments
+    assert max(len(r.members) for r in plan.runs) >= 3
+    assert all(r.config.body.name == "minilm" for r in plan.runs)
+    assert any(not r.config.body.pretrained for r in plan.runs)
+
+
+def test_proxy_study_picks_proxies_of_the_body_modality(tmp_path):
+    spec = study.load_spec("proxy")
+    text = {r.config.align.proxy for r in study.expand(spec, tmp_path).runs}
+    assert text == {"none", "text", "fake-text"}
+    vision = {r.config.align.proxy for r in study.expand(
+        spec, tmp_path, overrides=["body.name=vit-tiny-random"]).runs}
+    assert {"none", "digits", "fakedata"} <= vision and not vision & {"text", "fake-text"}
+
+
+def test_precedence_and_overrides(tmp_path):
+    spec = _spec(tasks=[{"name": "italypower", "set": {"train.lr": 0.5, "train.epochs": 3}},
+                        "gunpoint"], seeds=[0, 1])
+    plan = study.expand(spec, tmp_path, overrides=["train.epochs=2"])
+    assert len(plan.runs) == 2 * 2 * 2
+    italy = [r for r in plan.runs if r.task == "italypower"]
+    assert {r.config.train.lr for r in italy} == {0.5}           # task set
+    assert {r.config.train.epochs for r in plan.runs} == {2}     # --set beats task set
+    assert {r.config.train.finetune for r in plan.runs} == {"predictor-only", "freeze-body"}
+    only = study.expand(spec, tmp_path, tasks=["gunpoint"], seeds=[5])
+    assert {(r.task, r.seed) for r in only.runs} == {("gunpoint", 5)}
+    labels = {m[2]["label"] for r in plan.runs for m in r.members}
+    assert labels == {"untrained / predictor-only", "untrained / freeze-body"}
+
+
+def test_from_epoch_is_canonical_and_bounded(tmp_path):
+    spec = _spec(experiment="align-epochs", variants=None,
+                 axes={"align.from_epoch": [0, 1, 2, 5]}, set={"align.proxy": "text"})
+    spec.pop("variants")
+    plan = study.expand(spec, tmp_path)
+    assert [r.config.align.from_epoch for r in plan.runs] == [0, 1, None]  # 2 == epochs -> last
+    assert any("from_epoch > align.epochs" in n for n in plan.notes)
+    again = study.expand(spec, tmp_path / "elsewhere")
+    assert [r.id for r in again.runs] == [r.id for r in plan.runs]  # ids ignore the folder
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"name": "x", "tasks": ["digits"], "experiment": "nope"}, "experiment must be one of"),
+    ({"name": "x", "tasks": ["digits"], "variant": []}, "unknown key"),
+    ({"tasks": ["digits"]}, "needs a 'name'"),
+    ({"name": "x"}, "needs 'tasks'"),
+    ({"name": "x", "tasks": ["digits"], "variants": [{"label": "a", "sett": {}}]}, "unknown key"),
+    ({"name": "x", "tasks": ["digits"], "axes": {"train.lr": 0.1}}, "non-empty lists"),
+    ({"name": "x", "tasks": ["digits"], "base": {"train": {"lrr": 1}}}, "train.lrr"),
+    ({"name": "x", "tasks": ["digits"], "set": {"run.out": "/tmp"}}, "set by the study runner"),
+])
+def test_bad_specs_are_user_errors(tmp_path, bad, match):
+    with pytest.raises(UserError, match=match):
+        study.expand(bad, tmp_path)
+
+
+def test_unknown_study_name_suggests():
+    with pytest.raises(UserError, match="did you mean 'proxy'"):
+        study.load_spec("proxi")
+
+
+def test_cli_list_and_bad_input(tmp_path, capsys):
+    assert main(["study", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("proxy", "align-epochs", "freezing", "pretraining", "demo"):
+        assert f"  {name} " in out
+    assert main(["study", "run", "demo", "--out", str(tmp_path / "d"), "--tasks", "digitz"]) == 2
+    assert "did you mean 'digits'" in capsys.readouterr().err
+    assert main(["study", "status", str(tmp_path)]) == 2
+    (tmp_path / "keep.txt").write_text("x")
+    assert main(["study", "run", str(_write(tmp_path, _spec())), "--out", str(tmp_path),
+                 "--fresh"]) == 2
+    assert (tmp_path / "keep.txt").exists()
+
+
+# ----------------------------------------------------------------------------- running
+
+def test_run_resume_failures_status_export(tmp_path, capsys):
+    spec = _spec(tasks=["italypower", "npz:/nonexistent/data.npz"])
+    out = tmp_path / "study"
+    path = _write(tmp_path, spec)
+    assert main(["study", "run", str(path), "--out", str(out), "--quiet"]) == 1
+    with Store(out) as store:
+        runs = store.runs()
+        assert len(runs) == 4
+        by_status = {s: [r for r in runs if r["status"] == s] for s in ("done", "failed")}
+        assert len(by_status["done"]) == 2 and len(by_status["failed"]) == 2
+        assert all("nonexistent" in r["error"] for r in by_status["failed"])
+        assert all(len(store.epochs()[r["id"]]) == 1 for r in by_status["done"])
+        attempts = {r["id"]: r["attempts"] for r in runs}
+    # re-running skips done runs and retries failed ones, never duplicating a run
+    assert main(["study", "run", str(path), "--out", str(out), "--quiet"]) == 1
+    with Store(out) as store:
+        again = {r["id"]: r["attempts"] for r in store.runs()}
+    assert set(again) == set(attempts)
+    for rid, n in again.items():
+        assert n == attempts[rid] + (1 if rid in {r["id"] for r in by_status["failed"]} else 0)
+    capsys.readouterr()
+    assert main(["study", "status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "4 runs: 2 done, 0 running, 0 pending, 2 failed" in text and "nonexistent" in text
+    assert main(["study", "export", str(out), "--csv", str(tmp_path / "runs.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "runs.csv")))
+    with Store(out) as store:
+        finals = store.finals()
+    assert len(rows) == 4
+    for row in rows:
+        if row["status"] == "done":
+            assert float(row["test_metric_best"]) == finals[row["id"]]["test_metric_best"]
+            assert row["train.finetune"] in ("predictor-only", "freeze-body")
+    assert main(["report", str(out)]) == 0
+    md = (out / "report" / "report.md").read_text()
+    assert "RQ3" in md and "2 run(s) failed" in md
+
+
+def test_alignment_is_shared_and_traced(tmp_path):
+    spec = _spec(experiment="align-epochs", set={"align.proxy": "text"},
+                 axes={"align.from_epoch": [0, 2]})
+    spec.pop("variants")
+    out = tmp_path / "study"
+    outcome = study.run_study(spec, out, quiet=True)
+    assert outcome.ok and outcome.total == 2
+    stages = [p for p in (out / "align-cache").iterdir() if (p / "done.json").is_file()]
+    assert len(stages) == 1
+    with Store(out) as store:
+        traces = store.align_traces()
+        assert len(traces) == 2
+        assert all([t["epoch"] for t in tr] == [0, 1, 2] for tr in traces.values())
+    md = Path(study_report(out)).read_text()
+    assert "OTDD" in md
+
+
+def study_report(out):
+    from xmodal.report import write_report
+    return write_report(out)
+
+
+def _db_done(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(db, timeout=5)
+        n = conn.execute("SELECT COUNT(*) FROM runs WHERE status='done'").fetchone()[0]
+        conn.close()
+        return n
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_loses_at_most_the_run_in_progress(tmp_path):
+    spec = _spec(seeds=[0, 1], axes={"train.finetune": ["predictor-only", "all"]})
+    spec["base"] = {**TINY, "train": {"epochs": 3, "batch_size": 8}}
+    path = _write(tmp_path, spec)
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "xmodal.cli", "study", "run", str(path), "--out", str(out),
+           "--quiet"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while _db_done(out / "study.db") < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with Store(out) as store:
+        statuses = [r["status"] for r in store.runs()]
+    assert statuses.count("done") >= 1 and statuses.count("done") < 4
+    interrupted = "running" in statuses  # almost always: the kill hit a run in progress
+    second = subprocess.run(cmd[:-1], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert ("interrupted run(s) resumed" in second.stderr) == interrupted
+    with Store(out) as store:
+        runs = store.runs()
+        assert len(runs) == 4 and all(r["status"] == "done" for r in runs)
+        assert sorted(r["id"] for r in runs) == sorted(set(r["id"] for r in runs))
+        members = store.members()
+        assert len(members) == 4
+        assert all(len(store.epochs()[r["id"]]) == 3 for r in runs)
+        assert sum(r["attempts"] for r in runs) <= 5
+    run_dirs = [p for p in (out / "runs").iterdir() if p.is_dir()]
+    assert len(run_dirs) == 4 and all((p / "summary.json").is_file() for p in run_dirs)
+    assert not list((out / "runs").glob("*/resume.pt"))
+
+
+@pytest.mark.slow
+def test_parallel_workers(tmp_path, capsys):
+    spec = _spec(seeds=[0, 1], workers=2)  # the spec's default for --workers
+    out = tmp_path / "study"
+    outcome = study.run_study(spec, out, workers=None)
+    assert outcome.ok
+    with Store(out) as store:
+        runs = store.runs()
+    assert len(runs) == 4 and all(r["status"] == "done" for r in runs)
+    assert "2 worker(s)" in capsys.readouterr().err
