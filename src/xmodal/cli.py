@@ -83,7 +83,8 @@ def _study_parser(sub) -> None:
     run.add_argument("--tasks", help="comma-separated task names")
     run.add_argument("--seeds", help="comma-separated seeds")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    run.add_argument("--workers", type=int, default=1)
+    run.add_argument("--workers", type=int, default=None,
+                     help="parallel worker processes (default: the spec's `workers`, else 1)")
     run.add_argument("--fresh", action="store_true", help="delete DIR first")
     run.add_argument("--quiet", action="store_true")
     st = ssub.add_parser("status", help="counts and failures of a study folder")

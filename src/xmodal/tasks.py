@@ -33,7 +33,7 @@ class TaskSpec:
     input_shape: tuple             # per sample, channels first
     n_out: int                     # classes, labels, or output channels (dense)
     metric: str = ""               # error | 1-auroc | 1-macro-f1 | relative-l2
-    output_shape: tuple = ()       # dense: (H, W) of the target field
+    output_shape: tuple = ()       # dense: (C_out, H, W) of the target field
     source: str = ""               # where the data come from
 
     @property
@@ -91,11 +91,8 @@ def list_specs() -> list[TaskSpec]:
 
 def _load_plugins() -> None:
     import importlib
-    for mod in ("darcy", "nb360"):  # TEMP-TOLERANT
-        try:
-            importlib.import_module(f"xmodal.{mod}")
-        except ImportError:
-            pass
+    for mod in ("darcy", "nb360"):  # they register their tasks on import
+        importlib.import_module(f"xmodal.{mod}")
 
 
 def load_task(cfg: TaskConfig) -> TaskData:
