@@ -80,12 +80,15 @@ class TrainConfig:
     momentum: float = 0.9
     schedule: str = "cosine"         # cosine | linear | constant
     warmup_epochs: float = 0.0
+    decay_epochs: Optional[float] = None  # LR reaches 0 here (default: train.epochs), then stays 0
     accumulate: int = 1
     clip: Optional[float] = 1.0
     finetune: str = "all"
     lora_rank: int = 8
     pos_weight: Optional[float] = None  # multi-label BCE pos_weight (DeepSEA: 4)
     eval_batch_size: int = 128
+    test_each_epoch: bool = False    # also record the test metric per epoch (curves only; model
+                                     # selection always uses validation)
 
 
 @dataclass
@@ -99,6 +102,7 @@ class RunConfig:
     pin_memory: bool = False
     save_checkpoint: bool = True     # write best.safetensors
     threads: Optional[int] = None    # torch CPU threads
+    resume_interval: float = 60.0    # seconds between resume.pt snapshots (0: after every epoch)
 
 
 @dataclass
@@ -191,7 +195,21 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = raw
     if isinstance(value, str) and _looks_float(raw):
         value = float(raw)
-    return key.strip(), value
+    key = key.strip()
+    if isinstance(value, (bool, int, float)) and _declared_type(key) in (str, Optional[str]):
+        value = raw.strip()  # `--out 2024`, `run.name=1e5`: text keys keep the text as typed
+    return key, value
+
+
+def _declared_type(key: str) -> Any:
+    """The annotated type of a dotted schema key, or None when `key` is not a schema field."""
+    tp: Any = Config
+    for part in key.split("."):
+        hints = typing.get_type_hints(tp) if dataclasses.is_dataclass(tp) else {}
+        if part not in hints:
+            return None
+        tp = hints[part]
+    return tp
 
 
 def _looks_float(raw: str) -> bool:

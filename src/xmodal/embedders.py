@@ -78,6 +78,7 @@ class Embedder(nn.Module):
         n_tokens = math.prod(self.grid)
         check_token_budget(n_tokens, body)
         self.norm = nn.LayerNorm(dim)
+        self.norm_first = body.info.family == "swin"
         self.use_pos = body.info.family != "swin" or body.position_embeddings() is not None
         self.pos = nn.Parameter(torch.zeros(n_tokens, dim)) if self.use_pos else None
         if self.pos is not None:
@@ -96,10 +97,12 @@ class Embedder(nn.Module):
         elif x.dim() == 4 and self.resize is not None:
             x = F.interpolate(x, size=self.resize, mode="bilinear", align_corners=False)
         tokens = self.proj(x).flatten(2).transpose(1, 2)
-        tokens = self.norm(tokens)
-        if self.pos is not None:
+        if self.norm_first:  # Swin: patch LayerNorm, then (optional) absolute positions
+            tokens = self.norm(tokens)
+            return (tokens if self.pos is None else tokens + self.pos), self.grid
+        if self.pos is not None:  # BERT / RoBERTa / ViT (ORCA): LayerNorm(patches + positions)
             tokens = tokens + self.pos
-        return tokens, self.grid
+        return self.norm(tokens), self.grid
 
     @torch.no_grad()
     def init_from_body(self, body: Body) -> list[str]:

@@ -3,8 +3,9 @@
 Correct where the reference code was not: the schedule never goes below zero, the scheduler
 steps once per optimizer step, the loss is divided by the accumulation count, gradients are
 clipped once on the accumulated gradient, model selection uses the validation split, and the
-metric is computed over the whole evaluation set. Training state can be saved after every
-epoch and resumed bit-for-bit on CPU.
+metric is computed over the whole evaluation set. Training state is snapshotted after an
+epoch when `run.resume_interval` seconds have passed since the last snapshot, and a resumed run
+continues bit-for-bit on CPU.
 """
 
 from __future__ import annotations
@@ -113,11 +114,12 @@ class Trainer:
         self.loss_fn = make_loss(data.spec.kind, tc.pos_weight)
         self.n_batches = math.ceil(len(data.x_train) / tc.batch_size)
         self.steps_per_epoch = math.ceil(self.n_batches / tc.accumulate)
-        total = tc.epochs * self.steps_per_epoch
+        total = int(round((tc.decay_epochs or tc.epochs) * self.steps_per_epoch))
         self.opt = make_optimizer(model.parameters(), tc, tc.lr)
         self.sched = make_scheduler(self.opt, total, int(round(tc.warmup_epochs * self.steps_per_epoch)),
                                     tc.schedule)
         self.state = TrainState()
+        self._last_save = time.monotonic()
         self._decode = self._make_decoder() if data.spec.kind == "dense" else None
 
     def _make_decoder(self):
@@ -138,9 +140,13 @@ class Trainer:
         self.state = blob["state"]
         return True
 
+    def _resume_due(self) -> bool:
+        return time.monotonic() - self._last_save >= self.cfg.run.resume_interval
+
     def _save_resume(self) -> None:
         if self.resume_path is None:
             return
+        self._last_save = time.monotonic()
         atomic_torch_save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                            "scheduler": self.sched.state_dict(), "state": self.state},
                           self.resume_path)
@@ -156,10 +162,14 @@ class Trainer:
                               self.device)
             record = {"epoch": epoch, "train_loss": train_loss, "val_metric": val,
                       "lr": self.opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+            if tc.test_each_epoch:  # for curves only; selection below uses validation
+                record["test_metric"], _ = evaluate(self.model, self.data.x_test, self.data.y_test,
+                                                    self.data, self.cfg, self.device)
             self._track_best(epoch, val)
             self.state.history.append(record)
             self.state.epoch = epoch
-            self._save_resume()
+            if epoch < tc.epochs and self._resume_due():
+                self._save_resume()
             if self.on_epoch is not None:
                 self.on_epoch(record)
         return self.state
