@@ -2,11 +2,21 @@
 
 `xmodal.fit(config) -> FitResult` runs one configuration; `xmodal.load_config` builds a config
 from YAML and `key=value` overrides. The CLI (`xmodal ...`) lives in `xmodal.cli`.
+
+Names are imported lazily, so `import xmodal.cli` does not import torch: the CLI sets thread
+environment variables (e.g. OMP_WAIT_POLICY) before torch starts its OpenMP runtime.
 """
 
-from .config import Config, load_config
-from .errors import UserError
-from .fit import FitResult, fit
+import importlib
 
 __all__ = ["Config", "FitResult", "UserError", "fit", "load_config"]
 __version__ = "0.1.0"
+
+_WHERE = {"Config": "config", "load_config": "config", "UserError": "errors",
+          "FitResult": "fit", "fit": "fit"}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module 'xmodal' has no attribute {name!r}")
