@@ -280,9 +280,18 @@ def _npz_spec(name: str, x: np.ndarray, ys: dict, kind: str, path: str):
         n_out = int(max(int(y.max()) for y in ys.values())) + 1
         out_shape = ()
     elif kind == "multilabel":
+        for s, y in ys.items():
+            if y.ndim != 2 or not np.isin(y, (0, 1)).all():
+                raise UserError(f"'{path}': y_{s} must be a 0/1 matrix (N, K) for task.kind "
+                                f"multilabel; got shape {y.shape}")
         ys = {s: y.astype(np.float32) for s, y in ys.items()}
         n_out, out_shape = int(ys["train"].shape[1]), ()
     else:
+        for s, y in ys.items():
+            if y.shape[-(x.ndim - 2):] != x.shape[2:] or y.ndim not in (x.ndim - 1, x.ndim):
+                raise UserError(f"'{path}': y_{s} must have the inputs' spatial shape "
+                                f"{x.shape[2:]} (optionally with a channel axis) for task.kind "
+                                f"dense; got shape {y.shape}")
         ys = {s: (y[:, None] if y.ndim == x.ndim - 1 else y).astype(np.float32)
               for s, y in ys.items()}
         n_out, out_shape = int(ys["train"].shape[1]), tuple(ys["train"].shape[1:])
