@@ -298,7 +298,7 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 # Keys that change where or how fast a run goes, not what it computes.
 NON_IDENTITY_KEYS = ("run.out", "run.name", "run.num_workers", "run.pin_memory", "run.threads",
-                     "run.save_checkpoint", "align.cache_dir", "train.eval_batch_size")
+                     "run.save_checkpoint", "run.resume_interval", "align.cache_dir", "train.eval_batch_size")
 
 
 def config_hash(cfg: Config, length: int = 10) -> str:

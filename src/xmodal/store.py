@@ -404,16 +404,13 @@ class Store:
         return rows
 
     def epochs(self, run_id: Optional[str] = None) -> dict[str, list[dict]]:
-        sql, args = "SELECT * FROM epochs", []
-        if run_id is not None:
-            sql, args = sql + " WHERE run_id=?", [run_id]
-        out: dict[str, list[dict]] = {}
-        for row in self.conn.execute(sql + " ORDER BY run_id, epoch", args):
-            out.setdefault(row["run_id"], []).append(dict(row))
-        return out
+        return self._per_run_epochs("epochs", run_id)
 
     def align_traces(self, run_id: Optional[str] = None) -> dict[str, list[dict]]:
-        sql, args = "SELECT * FROM align_traces", []
+        return self._per_run_epochs("align_traces", run_id)
+
+    def _per_run_epochs(self, table: str, run_id: Optional[str]) -> dict[str, list[dict]]:
+        sql, args = f"SELECT * FROM {table}", []
         if run_id is not None:
             sql, args = sql + " WHERE run_id=?", [run_id]
         out: dict[str, list[dict]] = {}
