@@ -58,10 +58,10 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def _jsonable(obj):
+    if hasattr(obj, "tolist"):  # numpy / torch arrays and scalars (`item` fails on arrays)
+        return obj.tolist()
     if hasattr(obj, "item"):
         return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
     return str(obj)
 
 

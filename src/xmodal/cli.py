@@ -36,9 +36,16 @@ FIT_FLAGS = [  # (flag, config key, type, help)
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage mistakes (`--epochs two`) are one line and exit 2, like UserError."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xmodal", description="Cross-modal fine-tuning (ORCA) "
-                                     "and the ablation study of arXiv 2403.13537")
+    parser = _Parser(prog="xmodal", description="Cross-modal fine-tuning (ORCA) "
+                     "and the ablation study of arXiv 2403.13537")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("tasks", help="list the tasks").add_argument("--json", action="store_true")
     _fit_parser(sub)
@@ -184,6 +191,9 @@ COMMANDS = {"tasks": cmd_tasks, "fit": cmd_fit, "distance": cmd_distance, "study
 
 def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU spinning threads
+    # slowed OTDD and AdamW steps several-fold (docs/benchmarks.md). Set it yourself to override.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

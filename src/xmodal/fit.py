@@ -73,9 +73,9 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, progress: bool =
             (run_dir / name).unlink(missing_ok=True)
     started = time.time()
     device = resolve_device(cfg.run.device)
-    artifacts.write_text(run_dir / "config.yaml", _config_yaml(cfg, device))
     data = data if data is not None else load_task(cfg.task)
     model, init_notes = build_model(data.spec, cfg)
+    artifacts.write_text(run_dir / "config.yaml", _config_yaml(cfg, device))  # input is valid
     align_info = _align(model, data, cfg, device, run_dir, progress, log)
     model = apply_finetune_mode(model, cfg.train.finetune, cfg.train.lora_rank)
     params = trainable_summary(model)

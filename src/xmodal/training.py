@@ -120,6 +120,7 @@ class Trainer:
                                     tc.schedule)
         self.state = TrainState()
         self._last_save = time.monotonic()
+        self._last_lr = tc.lr
         self._decode = self._make_decoder() if data.spec.kind == "dense" else None
 
     def _make_decoder(self):
@@ -147,6 +148,7 @@ class Trainer:
         if self.resume_path is None:
             return
         self._last_save = time.monotonic()
+        self._last_lr = tc.lr
         atomic_torch_save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                            "scheduler": self.sched.state_dict(), "state": self.state},
                           self.resume_path)
@@ -161,7 +163,7 @@ class Trainer:
             val, _ = evaluate(self.model, self.data.x_val, self.data.y_val, self.data, self.cfg,
                               self.device)
             record = {"epoch": epoch, "train_loss": train_loss, "val_metric": val,
-                      "lr": self.opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+                      "lr": self._last_lr, "seconds": time.perf_counter() - t0}
             if tc.test_each_epoch:  # for curves only; selection below uses validation
                 record["test_metric"], _ = evaluate(self.model, self.data.x_test, self.data.y_test,
                                                     self.data, self.cfg, self.device)
@@ -190,24 +192,32 @@ class Trainer:
         tc, model = self.cfg.train, self.model
         torch.manual_seed(self.cfg.run.seed * 7919 + epoch)  # dropout / augmentation RNG
         model.train()
-        total, count = 0.0, 0
         bar = tqdm(self._loader(epoch), total=self.n_batches, leave=False, file=sys.stderr,
                    desc=f"epoch {epoch}/{tc.epochs}", disable=not (self.progress and sys.stderr.isatty()),
                    dynamic_ncols=True)
         self.opt.zero_grad(set_to_none=True)
+        # On CUDA, reading the loss forces a device sync; do it every `sync_every` batches only.
+        sync_every = 1 if self.device.type == "cpu" else 25
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        count, checked = 0, 0
         for i, (xb, yb) in enumerate(bar):
             loss = self._step_loss(xb, yb)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"training loss became {loss.item()} at epoch {epoch}, batch "
-                                       f"{i + 1}; lower train.lr or check the data for outliers")
-            (loss / tc.accumulate).backward()
+            total += loss.detach().double() * len(xb)
+            count += len(xb)
+            if (i + 1) % sync_every == 0 or i + 1 == self.n_batches:
+                mean = total.item() / count   # checked before the step: NaN never reaches weights
+                if not math.isfinite(mean):
+                    where = f"batch {i + 1}" if sync_every == 1 else f"batches {checked + 1}-{i + 1}"
+                    raise TrainingDiverged(f"training loss became {mean} at epoch {epoch}, {where}; "
+                                           f"lower train.lr or check the data for outliers")
+                checked = i + 1
+                bar.set_postfix(loss=f"{mean:.4f}")
+            group_start = i - i % tc.accumulate   # a short last group averages its own batches
+            (loss / min(tc.accumulate, self.n_batches - group_start)).backward()
             if (i + 1) % tc.accumulate == 0 or i + 1 == self.n_batches:
                 self._optimizer_step()
-            total += loss.item() * len(xb)
-            count += len(xb)
-            bar.set_postfix(loss=f"{total / count:.4f}")
         bar.close()
-        return total / count
+        return total.item() / count
 
     def _step_loss(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         xb = xb.to(self.device, non_blocking=True)
@@ -224,6 +234,7 @@ class Trainer:
         if self.cfg.train.clip:
             params = [p for p in self.model.parameters() if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.cfg.train.clip)
+        self._last_lr = self.opt.param_groups[0]["lr"]   # the rate this step used
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)

@@ -1,0 +1,387 @@
+"""Fine-tuning: LR schedules, gradient accumulation and clipping (against a hand-computed
+reference on a tiny deterministic model), fine-tune modes and their parameter counts, and a
+NaN loss stopping the run with a 'failed' summary."""
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xmodal import cli, training
+from xmodal.bodies import parameter_count
+from xmodal.config import load_config
+from xmodal.fit import fit
+from xmodal.model import apply_finetune_mode, build_model, trainable_summary
+from xmodal.tasks import TaskData, TaskSpec
+from xmodal.training import Trainer, lr_factor, make_optimizer
+
+CPU = torch.device("cpu")
+
+
+# ---------------------------------------------------------------- schedules
+
+def test_warmup_then_cosine_values():
+    total, warmup = 10, 2
+    f = [lr_factor(s, total, warmup, "cosine") for s in range(total + 1)]
+    assert f[0] == pytest.approx(0.5) and f[1] == pytest.approx(1.0)   # linear warm-up
+    assert f[2] == pytest.approx(1.0)                                   # peak after warm-up
+    assert f[6] == pytest.approx(0.5)                                   # half-way through decay
+    assert f[7] == pytest.approx(0.5 * (1 + math.cos(math.pi * 5 / 8)))
+    assert f[10] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(f[1:], f[2:]))                    # monotone decay
+
+
+def test_warmup_then_linear_and_constant():
+    f = [lr_factor(s, 10, 2, "linear") for s in range(11)]
+    assert f[:3] == pytest.approx([0.5, 1.0, 1.0])
+    assert f[6] == pytest.approx(0.5) and f[8] == pytest.approx(0.25) and f[10] == 0.0
+    assert [lr_factor(s, 10, 0, "constant") for s in range(12)] == [1.0] * 12
+    assert lr_factor(0, 10, 4, "constant") == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+@pytest.mark.parametrize("total, warmup", [(10, 0), (10, 3), (1, 0), (4, 10), (7, 7)])
+def test_schedule_never_negative_nor_above_one(schedule, total, warmup):
+    for s in range(3 * total + 5):   # also past the end (e.g. a resumed or extended run)
+        assert 0.0 <= lr_factor(s, total, warmup, schedule) <= 1.0
+
+
+def test_scheduler_steps_once_per_optimizer_step_with_warmup(monkeypatch):
+    """Through the Trainer: 8 samples, batch 2, accumulate 2 -> 2 optimizer steps per epoch;
+    2 epochs, warm-up 0.5 epoch = 1 step, cosine to 0 at step 4."""
+    lrs = count_steps(monkeypatch)
+    trainer = make_trainer(toy_data(8), **{"train.batch_size": 2, "train.accumulate": 2,
+                                           "train.epochs": 2, "train.warmup_epochs": 0.5,
+                                           "train.lr": 0.1, "train.schedule": "cosine"})
+    state = trainer.run()
+    expected = [0.1 * lr_factor(s, 4, 1, "cosine") for s in range(4)]
+    assert lrs == pytest.approx(expected)
+    assert lrs == pytest.approx([0.1, 0.1, 0.075, 0.025])
+    # metrics.jsonl logs the rate the epoch's last optimizer step used
+    assert [r["lr"] for r in state.history] == pytest.approx([lrs[1], lrs[3]])
+    assert all(r["lr"] >= 0 for r in state.history)
+
+
+# ---------------------------------------------------------------- accumulation and clipping
+
+class Linear(nn.Module):
+    def __init__(self, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.lin = nn.Linear(5, 3)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.randn(3, 5, generator=g))
+            self.lin.bias.copy_(torch.randn(3, generator=g))
+
+    def forward(self, x):
+        return self.lin(x.flatten(1))
+
+
+def toy_data(n, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 1, 5)).astype(np.float32)
+    y = rng.integers(0, 3, n)
+    spec = TaskSpec("toy", "toy", "1d", "classification", (1, 5), 3)
+    return TaskData(spec, x, y, x[:4], y[:4], x[:4], y[:4])
+
+
+def make_trainer(data, model=None, **overrides):
+    base = {"train.optimizer": "sgd", "train.momentum": 0.0, "train.schedule": "constant",
+            "train.clip": None, "train.epochs": 1, "train.lr": 0.1, "run.device": "cpu"}
+    cfg = load_config(overrides={**base, **overrides})
+    return Trainer(model or Linear(), data, cfg, CPU, progress=False)
+
+
+def record_batches(trainer):
+    """Record the (x, y) of every training forward, in order."""
+    seen = []
+    loss_fn = trainer.loss_fn
+
+    def wrapped(out, y):
+        seen.append(y.clone())
+        return loss_fn(out, y)
+    trainer.loss_fn = wrapped
+    model_forward = trainer.model.forward
+
+    def forward(x):
+        if trainer.model.training:
+            seen.append(x.clone())
+        return model_forward(x)
+    trainer.model.forward = forward
+    return seen
+
+
+def grad_of(model, x, y):
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def count_steps(monkeypatch):
+    """Record the learning rate of every SGD step (patched before the optimizer exists)."""
+    calls = []
+    original = torch.optim.SGD.step
+
+    def step(self, *a, **k):
+        calls.append(self.param_groups[0]["lr"])
+        return original(self, *a, **k)
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    return calls
+
+
+def params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_accumulation_equals_one_big_batch(monkeypatch):
+    data = toy_data(8)
+    ref = Linear()
+    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    expected = [p - 0.1 * g for p, g in zip(params(ref), grad_of(ref, x, y))]
+    for batch, acc in [(4, 2), (2, 4), (8, 1)]:
+        steps = count_steps(monkeypatch)
+        trainer = make_trainer(data, **{"train.batch_size": batch, "train.accumulate": acc})
+        trainer.run()
+        assert len(steps) == 1, (batch, acc)
+        for got, want in zip(params(trainer.model), expected):
+            assert torch.allclose(got, want, atol=1e-6), (batch, acc)
+
+
+def test_steps_once_per_accumulated_batch_and_flushes_the_rest(monkeypatch):
+    data = toy_data(10)             # batch 2 -> 5 batches; accumulate 2 -> steps after 2, 4, 5
+    steps = count_steps(monkeypatch)
+    trainer = make_trainer(data, **{"train.batch_size": 2, "train.accumulate": 2,
+                                    "train.epochs": 2})
+    trainer.run()
+    assert trainer.steps_per_epoch == 3
+    assert len(steps) == 6
+    assert trainer.sched.last_epoch == 6
+
+
+def test_partial_last_group_steps_with_its_own_mean_gradient():
+    data = toy_data(6)               # batches of 2: groups [b0, b1], [b2]
+    trainer = make_trainer(data, **{"train.batch_size": 2, "train.accumulate": 2})
+    ref = copy.deepcopy(trainer.model)
+    seen = record_batches(trainer)
+    trainer.run()
+    xs, ys = seen[0::2], seen[1::2]
+    assert len(xs) == 3
+    w = params(ref)
+    g = grad_of(ref, torch.cat(xs[:2]), torch.cat(ys[:2]))
+    with torch.no_grad():
+        for p, gi in zip(ref.parameters(), g):
+            p -= 0.1 * gi
+    g = grad_of(ref, xs[2], ys[2])
+    with torch.no_grad():
+        for p, gi in zip(ref.parameters(), g):
+            p -= 0.1 * gi
+    assert not all(torch.equal(a, b) for a, b in zip(w, params(ref)))
+    for got, want in zip(params(trainer.model), params(ref)):
+        assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_clipping_applies_once_to_the_accumulated_gradient(monkeypatch):
+    data = toy_data(8)
+    ref = Linear()
+    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    g = grad_of(ref, x, y)
+    norm = torch.sqrt(sum((gi ** 2).sum() for gi in g)).item()
+    clip = norm / 10                         # the full gradient is 10x too long
+    norms = []
+    original = torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters, max_norm, *a, **k):
+        total = original(parameters, max_norm, *a, **k)
+        norms.append((float(total), max_norm))
+        return total
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    trainer = make_trainer(data, **{"train.batch_size": 4, "train.accumulate": 2,
+                                    "train.clip": clip, "train.lr": 1.0})
+    trainer.run()
+    assert len(norms) == 1                                   # once per optimizer step
+    assert norms[0][0] == pytest.approx(norm, rel=1e-5)     # on the accumulated gradient
+    scale = clip / (norm + 1e-6)
+    for got, p0, gi in zip(params(trainer.model), params(ref), g):
+        assert torch.allclose(got, p0 - 1.0 * gi * scale, atol=1e-6)
+    # per-batch gradients are shorter than the sum of them: each half alone is not what was clipped
+    half = grad_of(ref, x[:4], y[:4])
+    assert torch.sqrt(sum((h ** 2).sum() for h in half)).item() != pytest.approx(norm, rel=1e-3)
+
+
+# ---------------------------------------------------------------- fine-tune modes
+
+QKV = ("query", "key", "value", "q_proj", "k_proj", "v_proj", "qkv")
+
+
+def owned_params(module, predicate):
+    """Ids of the parameters of every submodule for which predicate(name, module) holds."""
+    out = set()
+    for name, sub in module.named_modules():
+        if predicate(name, sub):
+            out |= {id(p) for p in sub.parameters()}
+    return out
+
+
+def is_norm(name, sub):
+    return isinstance(sub, nn.LayerNorm)
+
+
+def is_qkv(name, sub):
+    return isinstance(sub, nn.Linear) and name.rsplit(".", 1)[-1] in QKV
+
+
+@pytest.fixture(scope="module")
+def models():
+    spec1 = TaskSpec("t", "t", "1d", "classification", (2, 24), 3)
+    spec2 = TaskSpec("t", "t", "2d", "classification", (3, 16, 16), 3)
+    out = {}
+    for body, spec in [("bert-tiny-random", spec1), ("vit-tiny-random", spec2),
+                       ("swin-tiny-random", spec2)]:
+        cfg = load_config(overrides={"body.name": body, "embedder.seq_len": 8})
+        out[body] = build_model(spec, cfg)[0]
+    return out
+
+
+def trainable_ids(module):
+    return {id(p) for p in module.parameters() if p.requires_grad}
+
+
+def all_ids(module):
+    return {id(p) for p in module.parameters()}
+
+
+@pytest.mark.parametrize("body", ["bert-tiny-random", "vit-tiny-random", "swin-tiny-random"])
+def test_finetune_modes_set_requires_grad_as_named(models, body):
+    base = models[body]
+    for mode in ("all", "layernorm", "non-attn", "freeze-embedder", "freeze-body",
+                 "predictor-only"):
+        model = apply_finetune_mode(copy.deepcopy(base), mode)
+        emb, bod, pred = model.embedder, model.body, model.predictor
+        t = trainable_ids(model)
+        if mode == "all":
+            assert t == all_ids(model)
+        elif mode == "layernorm":
+            norms = owned_params(bod, is_norm)
+            assert norms and t & all_ids(bod) == norms
+            assert all_ids(emb) | all_ids(pred) <= t
+        elif mode == "non-attn":
+            qkv = owned_params(bod, is_qkv)
+            assert len(qkv) >= 6 and t & all_ids(bod) == all_ids(bod) - qkv
+            assert all_ids(emb) | all_ids(pred) <= t
+        elif mode == "freeze-embedder":
+            assert t == all_ids(bod) | all_ids(pred)
+        elif mode == "freeze-body":
+            assert t == all_ids(emb) | all_ids(pred)
+        elif mode == "predictor-only":
+            assert t == all_ids(pred)
+        counts = trainable_summary(model)
+        assert counts["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+        assert counts["total"] == sum(p.numel() for p in model.parameters())
+        assert counts["trainable"] == sum(counts[f"{k}_trainable"]
+                                          for k in ("embedder", "body", "predictor"))
+        assert counts["body_trainable"] == parameter_count(bod, True)
+        if mode not in ("all", "freeze-embedder"):
+            assert counts["body_trainable"] < counts["body_total"]
+        # the optimizer only gets trainable parameters
+        opt = make_optimizer(model.parameters(), load_config().train, 1e-3)
+        assert {id(p) for g in opt.param_groups for p in g["params"]} == t
+
+
+def test_lora_trains_adapters_embedder_and_predictor(models):
+    model = copy.deepcopy(models["bert-tiny-random"])
+    x = torch.randn(2, 2, 24)
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+    model = apply_finetune_mode(model, "lora", lora_rank=4)
+    body_trainable = [n for n, p in model.body.named_parameters() if p.requires_grad]
+    assert body_trainable and all("lora_" in n for n in body_trainable)
+    counts = trainable_summary(model)
+    # rank 4 on query and value of 2 layers of width 64: 2 * 2 * 4 * (64 + 64)
+    assert counts["body_trainable"] == 2 * 2 * 4 * 128
+    assert counts["embedder_trainable"] == counts["embedder_total"]
+    assert counts["predictor_trainable"] == counts["predictor_total"]
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), before, atol=1e-6)   # LoRA starts as the identity
+
+
+def test_frozen_parts_do_not_move_during_training(models):
+    model = apply_finetune_mode(copy.deepcopy(models["bert-tiny-random"]), "freeze-body")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 2, 24)).astype(np.float32)
+    y = rng.integers(0, 3, 8)
+    spec = TaskSpec("t", "t", "1d", "classification", (2, 24), 3)
+    data = TaskData(spec, x, y, x[:4], y[:4], x[:4], y[:4])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = Trainer(model, data, load_config(overrides={"train.batch_size": 4, "train.lr": 1e-2,
+                                                          "train.epochs": 1}), CPU, progress=False)
+    trainer.run()
+    after = model.state_dict()
+    body = [k for k in before if k.startswith("body.")]
+    rest = [k for k in before if not k.startswith("body.")]
+    assert all(torch.equal(before[k], after[k]) for k in body)
+    assert sum(not torch.equal(before[k], after[k]) for k in rest) >= 4
+
+
+# ---------------------------------------------------------------- NaN / inf loss
+
+def nan_after(calls_ok, value=float("nan")):
+    """A loss that is real for the first `calls_ok` batches, then `value`."""
+    real = training.make_loss
+    count = [0]
+
+    def make(kind, pos_weight=None):
+        fn = real(kind, pos_weight)
+
+        def loss(out, y):
+            count[0] += 1
+            base = fn(out, y)
+            return base if count[0] <= calls_ok else base * value
+        return loss
+    return make
+
+
+def tiny_fit_config(tmp_path, **extra):
+    return load_config(overrides={"task.name": "digits", "task.max_train": 32, "task.max_test": 16,
+                                  "body.name": "bert-tiny-random", "embedder.seq_len": 4,
+                                  "train.epochs": 3, "train.batch_size": 16,
+                                  "run.out": str(tmp_path / "runs"), "run.device": "cpu", **extra})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_loss_fails_the_run_with_a_summary(tmp_path, monkeypatch, value):
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(training, "make_loss", nan_after(2, value))   # epoch 1 is fine
+    lines = []
+    result = fit(tiny_fit_config(tmp_path), progress=False, log=lines.append)
+    assert result.status == "failed"
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    word = "nan" if np.isnan(value) else "inf"
+    assert f"training loss became {word}" in summary["error"] and "epoch 2" in summary["error"]
+    assert "train.lr" in summary["error"]                 # says what to do
+    assert any("run failed" in line and word in line for line in lines)
+    history = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1]
+    assert not (result.run_dir / "best.safetensors").exists()
+    assert not (result.run_dir / "resume.pt").exists()
+    assert summary["metric"] == "error" and "parameters" in summary
+
+
+def test_non_finite_loss_via_cli_exits_1(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(training, "make_loss", nan_after(0))
+    rc = cli.main(["fit", "--task", "digits", "--body", "bert-tiny-random", "--seq-len", "4",
+                   "--max-train", "16", "--max-test", "8", "--epochs", "1", "--quiet",
+                   "--out", str(tmp_path / "runs"), "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["status"] == "failed" and "training loss became nan" in result["error"]
+    assert "Traceback" not in err and "run failed: training loss became nan" in err
