@@ -833,9 +833,10 @@ def _header(folder: Path, meta: dict) -> list:
                         f"{c['running']} running, {c['pending']} pending); compute in finished "
                         f"runs {meta['run_seconds'] / 60:.1f} min. Generated "
                         f"{time.strftime('%Y-%m-%d %H:%M')} from {folder / 'study.db'}."))
-    blocks.append(("p", "Curves show the validation metric per fine-tuning epoch (the split used "
-                        "for model selection); tables and sentences use the test metric of the "
-                        "best-validation weights. " + RULE))
+    blocks.append(("p", "Curves show the test metric per fine-tuning epoch where the runs "
+                        "recorded it (train.test_each_epoch), else the validation metric; each "
+                        "figure's axis says which. Model selection uses validation only; tables "
+                        "and sentences use the test metric of the best-validation weights. " + RULE))
     if meta["failed"]:
         blocks.append(("p", f"{len(meta['failed'])} run(s) failed and are left out of the "
                             f"figures and tables:"))
