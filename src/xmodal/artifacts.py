@@ -1,4 +1,5 @@
-"""Run artifacts on disk: atomic writes (temp file + rename), checkpoints and provenance.
+"""Run artifacts on disk: atomic writes (temp file + rename), checkpoints, provenance, and the
+one reader of users' labelled-feature `.npz` files (`xmodal distance`, npz proxies).
 
 Nothing here leaves a partial file behind: every writer goes through `atomic_write`, which
 writes a temporary file in the same folder and renames it over the target.
@@ -106,3 +107,37 @@ def provenance() -> dict:
     return {"versions": versions(), "git_commit": git_commit(), "platform": platform.platform(),
             "cuda": torch.version.cuda if torch.cuda.is_available() else None,
             "threads": torch.get_num_threads()}
+
+
+def read_features_npz(path: str | Path, role: str, need_y: bool):
+    """`x` (N, d) finite numbers and `y` (N,) integers (None when absent and not needed) from a
+    user's .npz; any problem is one `UserError` naming the file, the array and the fix."""
+    import zipfile
+
+    import numpy as np
+
+    from .errors import UserError
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"{role} file {path} does not exist")
+    try:
+        with np.load(p, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise UserError(f"cannot read {role} file {path} as .npz: {exc}") from None
+    if "x" not in arrays:
+        raise UserError(f"{role} file {path} has no array 'x' (N, d) (found: {sorted(arrays)})")
+    if need_y and "y" not in arrays:
+        raise UserError(f"{role} file {path} has no array 'y' of integer class labels (N,)")
+    x, y = arrays["x"], arrays.get("y")
+    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+        raise UserError(f"{role} 'x' in {path} must be a real-valued (N, d) array, "
+                        f"got shape {x.shape} dtype {x.dtype}")
+    if not np.isfinite(x).all():
+        raise UserError(f"{role} 'x' in {path} contains NaN or inf values")
+    if y is not None and (y.ndim != 1 or not np.issubdtype(y.dtype, np.integer)):
+        raise UserError(f"{role} 'y' in {path} must be an integer (N,) array of class labels, "
+                        f"got shape {y.shape} dtype {y.dtype}")
+    if y is not None and len(y) != len(x):
+        raise UserError(f"{role} file {path}: {len(y)} labels for {len(x)} feature rows")
+    return x, y

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import artifacts
 from .errors import UserError
 
 SEED = 0
@@ -145,21 +146,6 @@ def task_features(x: np.ndarray, input_shape, body, seq_len: int, batch: int = 2
 
 
 def read_features_npz(path: str, role: str, need_y: bool):
-    """x (N, d) float and y (N,) int (or None) from an .npz; bad files -> UserError."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{role} file {path} does not exist")
-    try:
-        with np.load(p, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except Exception as exc:
-        raise UserError(f"cannot read {role} file {path}: {exc}") from None
-    if "x" not in arrays or (need_y and "y" not in arrays):
-        raise UserError(f"{role} file {path} must hold x (N, d)" + (" and y (N,)" if need_y else "")
-                        + f"; found {sorted(arrays)}")
-    x, y = arrays["x"], arrays.get("y")
-    if x.ndim != 2 or not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
-        raise UserError(f"{role} 'x' in {path} must be a finite numeric (N, d) array")
-    if y is not None and (y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer)):
-        raise UserError(f"{role} 'y' in {path} must be integers of shape ({len(x)},)")
+    """x (N, d) float64 and y (N,) int (or None) tensors from a user's .npz."""
+    x, y = artifacts.read_features_npz(path, role, need_y)
     return torch.as_tensor(x, dtype=torch.float64), None if y is None else torch.as_tensor(y)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import warnings
-import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -774,37 +773,16 @@ def otdd_direct(x_src: Tensor, y_src: Tensor, x_tgt: Tensor, y_tgt: Tensor | Non
 # ----------------------------------------------------------------------------- CLI helper
 
 
-def _load_npz(path, role: str, need_y: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    from xmodal.errors import UserError
-
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"cannot read {role} file {path}: {e}") from None
-    if "x" not in arrays:
-        raise UserError(f"{role} file {path} has no array 'x' (found: {sorted(arrays)})")
-    if need_y and "y" not in arrays:
-        raise UserError(f"{role} file {path} has no array 'y' of class labels")
-    x, y = arrays["x"], arrays.get("y")
-    if x.ndim != 2 or not (np.issubdtype(x.dtype, np.floating)
-                           or np.issubdtype(x.dtype, np.integer)):
-        raise UserError(f"{role} 'x' in {path} must be a real-valued (N, d) array, "
-                        f"got shape {x.shape} dtype {x.dtype}")
-    if y is not None and (y.ndim != 1 or not np.issubdtype(y.dtype, np.integer)):
-        raise UserError(f"{role} 'y' in {path} must be an integer (N,) array, "
-                        f"got shape {y.shape} dtype {y.dtype}")
-    return x, y
-
-
 def distance_from_npz(source_path, target_path, inner: str = "sinkhorn",
                       eps: float = 0.1) -> dict:
     """OTDD between two .npz files holding ``x`` (N, d) and ``y`` (N,) int (``y`` optional in
     the target: one class). Bad input raises :class:`xmodal.errors.UserError`."""
     from xmodal.errors import UserError
 
-    xs, ys = _load_npz(source_path, "source", need_y=True)
-    xt, yt = _load_npz(target_path, "target", need_y=False)
+    from xmodal.artifacts import read_features_npz
+
+    xs, ys = read_features_npz(source_path, "source", need_y=True)
+    xt, yt = read_features_npz(target_path, "target", need_y=False)
     if xs.shape[1] != xt.shape[1]:
         raise UserError(f"source and target feature dimensions differ: "
                         f"{xs.shape[1]} vs {xt.shape[1]}")

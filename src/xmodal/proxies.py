@@ -462,18 +462,10 @@ def _check_xy(x: np.ndarray, y: np.ndarray, body, path) -> tuple[np.ndarray, np.
 
 
 def _npz_proxy(path: str, body, n: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    from .artifacts import read_features_npz
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"proxy npz file '{path}' does not exist")
-    try:
-        with np.load(p, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except Exception as exc:
-        raise UserError(f"could not read proxy '{path}' as .npz: {exc}") from None
-    if "x" not in arrays or "y" not in arrays:
-        raise UserError(f"proxy '{path}' must hold arrays x (n, d) and y (n,); "
-                        f"found {sorted(arrays)}")
-    x, y = _check_xy(arrays["x"], arrays["y"], body, path)
+    x, y = read_features_npz(p, "proxy", need_y=True)
+    x, y = _check_xy(x, y, body, path)
     codes, names = _codes(y, sorted(set(y.tolist())))
     yt = torch.as_tensor(codes)
     _check_classes(yt, f"proxy '{path}'")
