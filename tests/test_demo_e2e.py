@@ -1,0 +1,48 @@
+"""The main job end to end, shrunk: `xmodal study run demo` then `xmodal report`, as `make demo`
+runs them, through the real CLI in a subprocess (spec, runner, store, alignment, fine-tuning,
+figures). Sizes are cut with the same `--set` overrides a user would use."""
+
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+SHRINK = ["--seeds", "0", "--set", "task.max_train=40", "--set", "task.max_test=40",
+          "--set", "train.epochs=1", "--set", "body.num_layers=1", "--set", "embedder.seq_len=4",
+          "--set", "align.n_source=60", "--set", "align.maxsamples=8"]
+
+
+def xmodal(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "xmodal.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=900,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1",
+                               "XMODAL_CACHE": str(cwd / "cache")})
+
+
+@pytest.mark.slow
+def test_demo_study_and_report(tmp_path):
+    run = xmodal("study", "run", "demo", "--out", "study", "--fresh", "--quiet", *SHRINK,
+                 cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    with sqlite3.connect(tmp_path / "study" / "study.db") as db:
+        statuses = dict(db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
+        experiments = {row[0] for row in db.execute("SELECT DISTINCT part FROM members")}
+    assert set(statuses) == {"done"} and statuses["done"] >= 20
+    assert experiments == {"proxy", "align-epochs", "freezing", "pretraining"}
+
+    again = xmodal("study", "run", "demo", "--out", "study", "--quiet", *SHRINK, cwd=tmp_path)
+    assert again.returncode == 0
+    assert f"({statuses['done']} were already done)" in again.stderr
+
+    rep = xmodal("report", "study", cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    report = tmp_path / "study" / "report"
+    for png in ("rq1-proxy.png", "rq2-align-epochs.png", "rq3-freezing.png",
+                "rq4-pretraining.png"):
+        assert (report / png).stat().st_size > 10_000, png
+    text = (report / "report.md").read_text()
+    for heading in ("## RQ1", "## RQ2", "## RQ3", "## RQ4"):
+        assert heading in text
+    assert (report / "report.html").is_file()
