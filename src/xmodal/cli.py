@@ -91,7 +91,17 @@ def _study_parser(sub) -> None:
     run.add_argument("--seeds", help="comma-separated seeds")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--workers", type=int, default=None,
-                     help="parallel worker processes (default: the spec's `workers`, else 1)")
+                     help="parallel worker processes (default: the spec's `workers`, else 1); "
+                          "with --ray: runs in flight at once (default: as many as the cluster "
+                          "holds, cluster CPUs // --ray-cpus)")
+    run.add_argument("--ray", metavar="ADDRESS", default=None,
+                     help="run on a Ray cluster: auto (this machine's cluster), HOST:PORT, "
+                          "ray://HOST:PORT, or local (start a local instance); the study folder "
+                          "must be on a file system shared by all nodes (docs/studies.md)")
+    run.add_argument("--ray-cpus", type=float, default=None, metavar="N",
+                     help="CPUs Ray reserves per run (default 1; also its torch threads)")
+    run.add_argument("--ray-gpus", type=float, default=None, metavar="G",
+                     help="GPUs per run for CUDA runs, e.g. 1 or 0.5 (default 0: runs see no GPU)")
     run.add_argument("--fresh", action="store_true", help="delete DIR first")
     run.add_argument("--quiet", action="store_true")
     st = ssub.add_parser("status", help="counts and failures of a study folder")

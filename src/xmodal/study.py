@@ -11,7 +11,8 @@ experiments.
 done runs are skipped, interrupted ones (status running, owner process gone) are resumed
 (`fit` continues from `resume.pt`), failed ones are retried once per invocation. Runs go
 in-process (`--workers 1`) or in N spawned processes, each with cores // N torch threads; only
-the main process writes to the store.
+the main process writes to the store. With `--ray ADDRESS` the runs go to a Ray cluster
+instead (`cluster.RayPool`); the driver still alone writes the store and schedules the runs.
 """
 
 from __future__ import annotations
@@ -534,9 +535,19 @@ def prepare_dir(out: Path, fresh: bool) -> None:
 def run_study(spec: str | Path | dict, out: str | Path, *, tasks: Optional[list[str]] = None,
               seeds: Optional[list[int]] = None, overrides: Optional[list[str]] = None,
               workers: Optional[int] = None, fresh: bool = False, quiet: bool = False,
-              progress: bool = True) -> Outcome:
+              progress: bool = True, ray: Optional[str] = None,
+              ray_cpus: Optional[float] = None, ray_gpus: Optional[float] = None) -> Outcome:
     """Run (or resume) a study into folder `out`. Returns an `Outcome`; never raises for
-    failed runs (they are stored as failed). `workers` None: the spec's `workers` (else 1)."""
+    failed runs (they are stored as failed). `workers` None: the spec's `workers` (else 1).
+
+    `ray`: run on a Ray cluster instead (`cluster.RayPool`; address auto, HOST:PORT,
+    ray://HOST:PORT or local), `ray_cpus` / `ray_gpus` (default 1 / 0) per run; `workers` is
+    then the number of runs in flight (None: as many as the cluster holds at once)."""
+    if ray is not None:
+        return _run_study_ray(spec, out, tasks, seeds, overrides, workers, fresh, quiet,
+                              progress, ray, ray_cpus, ray_gpus)
+    if ray_cpus is not None or ray_gpus is not None:
+        raise UserError("--ray-cpus and --ray-gpus need --ray ADDRESS")
     spec = load_spec(spec)
     workers = spec.get("workers", 1) if workers is None else workers
     if workers < 1:
@@ -551,8 +562,35 @@ def run_study(spec: str | Path | dict, out: str | Path, *, tasks: Optional[list[
         store.close()
 
 
+def _run_study_ray(spec, out, tasks, seeds, overrides, workers, fresh, quiet, progress,
+                   address, cpus, gpus) -> Outcome:
+    """`run_study` on a Ray cluster. The spec's `workers` key (a local process count) is not
+    used; the driver (this process) alone writes the store, as with local workers."""
+    from . import cluster
+    cluster.import_ray()                               # the missing-extra error comes first
+    if workers is not None and workers < 1:
+        raise UserError("--workers must be >= 1")
+    spec = load_spec(spec)
+    out = Path(out).expanduser().resolve()
+    plan = expand(spec, out, tasks, seeds, overrides)  # before connecting or touching the folder
+    pool = cluster.RayPool(address, 1.0 if cpus is None else cpus,
+                           0.0 if gpus is None else gpus, quiet=quiet)
+    try:
+        workers = pool.slots() if workers is None else workers
+        prepare_dir(out, fresh)
+        warnings = pool.check_folder(out)
+        store = Store(out, create=True)
+        try:
+            return _run_plan(plan, store, out, workers, quiet, progress, runner=pool,
+                             notes=[pool.describe()] + warnings)
+        finally:
+            store.close()
+    finally:
+        pool.close()
+
+
 def _run_plan(plan: Plan, store: Store, out: Path, workers: int, quiet: bool,
-              progress: bool) -> Outcome:
+              progress: bool, runner=None, notes: Optional[list[str]] = None) -> Outcome:
     started = time.time()
     store.register({"name": plan.name, "description": plan.description,
                     "experiment": plan.experiment, "spec": plan.spec},
@@ -568,14 +606,16 @@ def _run_plan(plan: Plan, store: Store, out: Path, workers: int, quiet: bool,
     console.line(f"study '{plan.name}': {len(plan.runs)} runs in {out} ({already} done, "
                  f"{len(plan.runs) - already} to run" +
                  (f", {len(reclaimed)} interrupted run(s) resumed" if reclaimed else "") +
-                 f"; {workers} worker(s))")
-    for note in plan.notes:
+                 (f"; {workers} worker(s))" if runner is None else
+                  f"; {workers} run(s) at a time)"))
+    for note in (notes or []) + plan.notes:
         console.line(f"note: {note}")
     token = process_token()
     failed: list = []
     attempted: set = set()
-    runner = _InProcess(progress and not quiet) if workers == 1 else \
-        _Pool(workers, max(1, available_cores() // workers))
+    if runner is None:
+        runner = _InProcess(progress and not quiet) if workers == 1 else \
+            _Pool(workers, max(1, available_cores() // workers))
     in_flight: dict[str, PlannedRun] = {}
     groups_done: set = set()
 
@@ -847,8 +887,8 @@ def list_text() -> str:
             f"tasks: {tasks}; seeds: {', '.join(map(str, spec.get('seeds', [0])))}", 84)
         lines.append(f"  {name:<13} {body[0]}")
         lines += [f"  {'':<13} {line}" for line in body[1:]]
-    lines.append("Options: --tasks a,b  --seeds 0,1  --set key=value  --workers N. "
-                 "See docs/studies.md for the spec format.")
+    lines.append("Options: --tasks a,b  --seeds 0,1  --set key=value  --workers N  "
+                 "--ray ADDRESS. See docs/studies.md for the spec format.")
     return "\n".join(lines)
 
 
@@ -863,6 +903,9 @@ def cli(args) -> int:
         outcome = run_study(args.spec, args.out, tasks=tasks, seeds=_seeds(args.seeds),
                             overrides=list(args.set or []),
                             workers=getattr(args, "workers", None),
+                            ray=getattr(args, "ray", None),
+                            ray_cpus=getattr(args, "ray_cpus", None),
+                            ray_gpus=getattr(args, "ray_gpus", None),
                             fresh=args.fresh, quiet=args.quiet, progress=not args.quiet)
         msg = (f"study finished: {outcome.done}/{outcome.total} runs done, "
                f"{len(outcome.failed)} failed, {_fmt_seconds(outcome.seconds)} "
