@@ -144,12 +144,18 @@ def cmd_fit(args) -> int:
     if args.dry_run:
         return _dry_run(cfg, to_yaml)
     result = fit(cfg, progress=not args.quiet, force=args.force,
-                 log=lambda m: print(m, file=sys.stderr))
+                 log=_log_line)
     print(json.dumps({"run_dir": str(result.run_dir), "status": result.status,
                       "metric": result.summary.get("metric"),
                       "test_metric": result.summary.get("test_metric_best"),
                       "error": result.summary.get("error")}))
     return 0 if result.status == "done" else 1
+
+
+def _log_line(message: str) -> None:
+    """One status line on stderr that does not tear an active progress bar."""
+    from tqdm.auto import tqdm
+    tqdm.write(message, file=sys.stderr)
 
 
 def _dry_run(cfg, to_yaml) -> int:

@@ -156,6 +156,10 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def run(self) -> TrainState:
         tc = self.cfg.train
+        metric = self.data.spec.metric
+        bar = tqdm(total=tc.epochs, initial=self.state.epoch, desc="fine-tuning", unit="epoch",
+                   file=sys.stderr, disable=not (self.progress and sys.stderr.isatty()),
+                   dynamic_ncols=True)
         while self.state.epoch < tc.epochs:
             epoch = self.state.epoch + 1
             t0 = time.perf_counter()
@@ -172,8 +176,11 @@ class Trainer:
             self.state.epoch = epoch
             if epoch < tc.epochs and self._resume_due():
                 self._save_resume()
+            bar.set_postfix({"loss": f"{train_loss:.4f}", f"val {metric}": f"{val:.4f}"})
+            bar.update(1)
             if self.on_epoch is not None:
                 self.on_epoch(record)
+        bar.close()
         return self.state
 
     def _track_best(self, epoch: int, val: float) -> None:
