@@ -148,7 +148,6 @@ class Trainer:
         if self.resume_path is None:
             return
         self._last_save = time.monotonic()
-        self._last_lr = tc.lr
         atomic_torch_save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                            "scheduler": self.sched.state_dict(), "state": self.state},
                           self.resume_path)
