@@ -178,3 +178,14 @@ def test_report_needs_finished_runs(tmp_path):
     b.store.close()
     with pytest.raises(UserError, match="no finished runs"):
         write_report(tmp_path)
+
+
+def test_run_shared_by_two_studies_counts_once_per_part(tmp_path):
+    from xmodal.report import load_parts
+    store = Store(tmp_path, create=True)
+    run = {"id": "r1", "task": "t", "seed": 0, "config": _config("t", 0), "axes": {},
+           "run_dir": "runs/r1", "members": [("proxy", "proxy", {"label": "naive"})]}
+    store.register({"name": "first"}, [run])
+    store.register({"name": "renamed"}, [run])   # same folder, same part, same run
+    (part,) = load_parts(store)
+    assert [r.id for r in part.runs] == ["r1"]

@@ -181,7 +181,11 @@ def load_parts(store: Store) -> list[Part]:
     epochs = store.epochs()
     traces = store.align_traces()
     parts: dict[str, Part] = {}
+    seen: set = set()
     for m in store.members():
+        if (m["part"], m["run_id"]) in seen:   # one run in the same part of two studies
+            continue
+        seen.add((m["part"], m["run_id"]))
         r = runs[m["run_id"]]
         part = parts.setdefault(m["part"], Part(m["part"], m["experiment"]))
         part.runs.append(RunView(r["id"], r["task"], r["seed"], r["config"], m["labels"],
