@@ -210,3 +210,15 @@ def test_fit_cli_with_alignment(task, tmp_path, capsys):
     assert [r["epoch"] for r in summary["align"]["trace"]] == [0, 1, 2]
     assert summary["align"]["epoch_used"] == 2
     assert len((run_dir / "align.jsonl").read_text().splitlines()) == 3
+
+
+def test_outer_and_inner_eps_are_separate_settings():
+    from xmodal.align import build_objective
+    from xmodal.otdd import otdd
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(30, 5, generator=g, dtype=torch.float64), torch.arange(30) % 3
+    xt = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    value = build_objective("otdd", xs, ys, eps=1.0, inner_eps=0.1)(xt)
+    assert float(value) == pytest.approx(float(otdd(xs, ys, xt, eps=1.0, inner_eps=0.1)), rel=1e-6)
+    other = build_objective("otdd", xs, ys, eps=1.0, inner_eps=1.0)(xt)
+    assert abs(float(other) - float(value)) > 1e-3

@@ -150,7 +150,7 @@ def _train(model, data, cfg, device, folder: Path, progress: bool, log) -> dict:
     a = cfg.align
     started = time.time()
     xs, ys, pinfo = proxy_features(a.proxy, model.body, cfg, device)
-    objective = build_objective(a.objective, xs, ys, a.eps)
+    objective = build_objective(a.objective, xs, ys, a.eps, a.inner_eps)
     labels, tinfo = target_labels(data, cfg)
     groups, weights = class_groups(labels)
     flags = _train_only_embedder(model)
@@ -283,12 +283,13 @@ def class_groups(labels: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
 
 # ----------------------------------------------------------------------------- objectives
 
-def build_objective(name: str, xs: torch.Tensor, ys: torch.Tensor, eps: float):
+def build_objective(name: str, xs: torch.Tensor, ys: torch.Tensor, eps: float,
+                    inner_eps: float = 0.1):
     """A callable target-features (m, d) -> scalar, with the source-only terms cached."""
     if name in ("otdd", "otdd-gaussian"):
         from .otdd import OTDD
         inner = "sinkhorn" if name == "otdd" else "gaussian"
-        return OTDD(xs, ys, inner=inner, eps=eps, inner_eps=eps)
+        return OTDD(xs, ys, inner=inner, eps=eps, inner_eps=inner_eps)
     if name == "mmd":
         return GaussianMMD(xs)
     if name == "l2":

@@ -64,7 +64,8 @@ class AlignConfig:
     lr: Optional[float] = None       # default: 10 x train.lr
     step_per: str = "epoch"          # epoch (ORCA) | class
     pseudo_labels: int = 10          # k-means clusters for dense / multi-label targets
-    eps: float = 0.1
+    eps: float = 0.1                 # outer Sinkhorn entropic regularisation of OTDD
+    inner_eps: float = 0.1           # inner (label-to-label) Sinkhorn eps; the issue fixes 0.1
     from_epoch: Optional[int] = None  # fine-tune from this embedder epoch (default: last)
     proxy_dir: Optional[str] = None  # folder with cifar10 / mnist / conll files
     cache_dir: Optional[str] = None  # where proxy features and shared embedders are cached
