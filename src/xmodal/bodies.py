@@ -65,7 +65,8 @@ class Body(nn.Module):
             return hidden, (grid[0] // scale, grid[1] // scale)
         if fam == "vit":
             return self.model.layernorm(self._vit_layers(tokens)), grid
-        return self.model.encoder(tokens).last_hidden_state, grid
+        encoder = self.model.encoder if hasattr(self.model, "encoder") else self.model.transformer
+        return encoder(tokens).last_hidden_state, grid   # DistilBERT calls it `transformer`
 
     def _vit_layers(self, hidden: torch.Tensor) -> torch.Tensor:
         if hasattr(self.model, "encoder"):  # transformers < 5.20
@@ -103,6 +104,8 @@ class Body(nn.Module):
         Text bodies take token ids (B, T); vision bodies take pixel values (B, 3, H, W)."""
         if self.info.family == "text":
             emb = self.model.embeddings(input_ids=inputs)
+            project = getattr(self.model, "embeddings_project", None)  # ELECTRA: E -> hidden
+            emb = emb if project is None else project(emb)
         else:
             emb = self.model.embeddings(inputs)
             emb = emb[0] if isinstance(emb, tuple) else emb

@@ -109,7 +109,7 @@ class Embedder(nn.Module):
         """Copy what fits from the body's own embedding; returns what was copied."""
         done = []
         pos = body.position_embeddings()
-        if self.pos is not None and pos is not None:
+        if self.pos is not None and pos is not None and pos.shape[-1] == self.pos.shape[-1]:
             self.pos.copy_(_fit_positions(pos.detach(), self.grid))
             done.append("position embeddings")
         norm = body.embedding_layernorm()

@@ -17,8 +17,10 @@ from .errors import UserError
 from .predictors import build_predictor
 from .tasks import TaskSpec
 
-ATTENTION_KEYS = ("query", "key", "value", "q_proj", "k_proj", "v_proj", "qkv")
-LORA_TARGETS = {"text": ["query", "value"], "vit": ["query", "value"], "swin": ["query", "value"]}
+ATTENTION_KEYS = ("query", "key", "value", "q_proj", "k_proj", "v_proj", "qkv",
+                  "q_lin", "k_lin", "v_lin")   # the last three: DistilBERT
+LORA_TARGETS = {"text": ["query", "value", "q_lin", "v_lin"],  # q_lin / v_lin: DistilBERT
+                "vit": ["query", "value"], "swin": ["query", "value"]}
 
 
 class CrossModalModel(nn.Module):

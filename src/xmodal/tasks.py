@@ -332,11 +332,15 @@ def _ucr_loader(key: str):
         xtr, ytr = load_classification(aeon_name, split="train")
         xte, yte = load_classification(aeon_name, split="test")
         (ytr, yte), _ = encode_labels(ytr, yte)
-        mean = xtr.mean(axis=(0, 2), keepdims=True)
-        std = xtr.std(axis=(0, 2), keepdims=True) + 1e-8
+        # carve validation first, so the statistics never see validation (or test) samples
+        data = carve_validation(TaskData(REGISTRY[key].spec, xtr, ytr, None, None, xte, yte),
+                                cfg.val_fraction, cfg.split_seed)
+        mean = data.x_train.mean(axis=(0, 2), keepdims=True)
+        std = data.x_train.std(axis=(0, 2), keepdims=True) + 1e-8
         norm = lambda a: ((a - mean) / std).astype(np.float32)  # noqa: E731
-        return TaskData(REGISTRY[key].spec, norm(xtr), ytr, None, None, norm(xte), yte,
-                        notes=["channels standardised with train statistics"])
+        return replace(data, x_train=norm(data.x_train), x_val=norm(data.x_val),
+                       x_test=norm(data.x_test),
+                       notes=["channels standardised with train statistics"])
     return load
 
 

@@ -198,7 +198,9 @@ class Trainer:
         tc, model = self.cfg.train, self.model
         torch.manual_seed(self.cfg.run.seed * 7919 + epoch)  # dropout / augmentation RNG
         model.train()
-        bar = tqdm(self._loader(epoch), total=self.n_batches, leave=False, file=sys.stderr,
+        # One iterator: tqdm.auto calls iter() on an iterable eagerly, and a second DataLoader
+        # iterator would draw from the shuffle generator again (order then depends on workers).
+        bar = tqdm(iter(self._loader(epoch)), total=self.n_batches, leave=False, file=sys.stderr,
                    desc=f"epoch {epoch}/{tc.epochs}", disable=not (self.progress and sys.stderr.isatty()),
                    dynamic_ncols=True)
         self.opt.zero_grad(set_to_none=True)
@@ -211,7 +213,7 @@ class Trainer:
             total += loss.detach().double() * len(xb)
             count += len(xb)
             if (i + 1) % sync_every == 0 or i + 1 == self.n_batches:
-                mean = total.item() / count   # checked before the step: NaN never reaches weights
+                mean = total.item() / count   # CPU: checked before each step (CUDA: every 25)
                 if not math.isfinite(mean):
                     where = f"batch {i + 1}" if sync_every == 1 else f"batches {checked + 1}-{i + 1}"
                     raise TrainingDiverged(f"training loss became {mean} at epoch {epoch}, {where}; "
