@@ -165,3 +165,10 @@ def test_round_trip_through_yaml_and_dict(tmp_path):
     # every schema key appears in the dump
     dumped = flatten(yaml.safe_load(path.read_text()))
     assert set(dumped) == set(all_keys())
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=nan", "finite"), ("align.eps=inf", "finite"), ("run.num_workers=-1", ">= 0")])
+def test_non_finite_and_negative_values_are_rejected(override, message):
+    with pytest.raises(UserError, match=message):
+        load_config(overrides=[override])

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -131,7 +132,8 @@ CHOICES = {
 }
 POSITIVE = {"train.epochs": 0, "train.batch_size": 1, "train.accumulate": 1, "train.lr": 0,
             "embedder.seq_len": 1, "train.eval_batch_size": 1, "align.maxsamples": 2,
-            "align.epochs": 0, "align.n_source": 2}
+            "align.epochs": 0, "align.n_source": 2, "run.num_workers": 0, "align.eps": 0,
+            "align.inner_eps": 0}
 
 
 def _check_type(value: Any, tp: Any, key: str) -> Any:
@@ -278,6 +280,9 @@ def validate(cfg: Config) -> None:
     for key, choices in CHOICES.items():
         if flat[key] not in choices:
             raise UserError(f"config key '{key}' must be one of {', '.join(choices)}; got {flat[key]!r}")
+    for key, value in flat.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"config key '{key}' must be a finite number; got {value!r}")
     for key, low in POSITIVE.items():
         if flat[key] < low:
             raise UserError(f"config key '{key}' must be >= {low}; got {flat[key]!r}")
