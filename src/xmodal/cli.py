@@ -174,7 +174,7 @@ def _dry_run(cfg, to_yaml) -> int:
     print(f"# task {spec.name}: input {spec.input_shape}, {spec.kind}, metric {spec.metric}")
     print(f"# embedder: {model.embedder.n_tokens} tokens, grid {model.embedder.grid}; "
           f"init from body: {', '.join(notes) or 'no'}")
-    print(f"# parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()))
+    print("# parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()))
     return 0
 
 

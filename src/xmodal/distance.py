@@ -16,7 +16,6 @@ OTDD between the two sets, computed in float64.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
