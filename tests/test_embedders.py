@@ -271,3 +271,50 @@ def test_dense_predictor_token_owns_its_patch():
         y = pred(tokens, (2, 2))[0, 0]
     assert torch.count_nonzero(y[:4]) == 0 and torch.count_nonzero(y[:, :4]) == 0
     assert torch.count_nonzero(y[4:, 4:]) == 16
+
+
+# ---------------------------------------------------------------- conv init and norm order
+
+@pytest.mark.parametrize("shape", [(1, 64), (1, 8, 8)])
+def test_orca_conv_init_is_xavier_with_zero_bias(bert, shape):
+    torch.manual_seed(0)
+    emb = Embedder(shape, bert, 16, conv_init="orca")
+    w = emb.proj.weight
+    fan_in = w.shape[1] * math.prod(w.shape[2:])
+    fan_out = w.shape[0] * math.prod(w.shape[2:])
+    bound = math.sqrt(2.0) * math.sqrt(6.0 / (fan_in + fan_out))
+    assert torch.count_nonzero(emb.proj.bias) == 0
+    assert w.abs().max() <= bound
+    assert w.std().item() == pytest.approx(bound / math.sqrt(3.0), rel=0.1)  # uniform(-b, b)
+
+
+def test_torch_and_trunc_normal_conv_inits(bert):
+    torch.manual_seed(0)
+    old = Embedder((1, 64), bert, 16, conv_init="torch")
+    assert old.proj.bias.abs().max() > 0.1                   # PyTorch's +-1/sqrt(fan_in) bias
+    torch.manual_seed(0)
+    naive = Embedder((1, 64), bert, 16, conv_init="trunc-normal")
+    assert torch.count_nonzero(naive.proj.bias) == 0
+    assert naive.proj.weight.std().item() == pytest.approx(0.02, rel=0.15)
+    assert abs(naive.proj.weight.mean().item()) < 0.01       # (ORCA truncates at +-2, absolute)
+
+
+@pytest.mark.parametrize("order", ["pre-pos", "post-pos"])
+def test_norm_order(bert, order):
+    torch.manual_seed(0)
+    emb = Embedder((2, 40), bert, 8, norm_order=order)
+    with torch.no_grad():
+        emb.pos.normal_()
+        x = torch.randn(3, 2, 40)
+        tokens, _ = emb(x)
+        patches = emb.proj(x).transpose(1, 2)
+        expected = (emb.norm(patches) + emb.pos if order == "pre-pos"
+                    else emb.norm(patches + emb.pos))
+    torch.testing.assert_close(tokens, expected)
+
+
+def test_conv_init_and_norm_order_are_config_keys():
+    cfg = load_config(overrides=["embedder.conv_init=torch", "embedder.norm_order=post-pos"])
+    assert (cfg.embedder.conv_init, cfg.embedder.norm_order) == ("torch", "post-pos")
+    with pytest.raises(UserError, match="embedder.conv_init"):
+        load_config(overrides=["embedder.conv_init=kaiming"])

@@ -53,6 +53,8 @@ class EmbedderConfig:
     seq_len: int = 16                # target number of tokens for 1D inputs (and 2D on text bodies)
     init_from_body: bool = True      # copy position embeddings / LayerNorm / patch filters
     patch: Optional[int] = None      # 2D patch size override
+    conv_init: str = "orca"          # orca (xavier, gain sqrt 2, bias 0) | torch | trunc-normal
+    norm_order: str = "pre-pos"      # pre-pos: LN(patches) + pos (ORCA) | post-pos: LN(patches + pos)
 
 
 @dataclass
@@ -122,6 +124,8 @@ class Config:
 
 CHOICES = {
     "task.kind": TASK_KINDS,
+    "embedder.conv_init": ("orca", "torch", "trunc-normal"),
+    "embedder.norm_order": ("pre-pos", "post-pos"),
     "align.objective": ("otdd", "otdd-gaussian", "mmd", "l2"),
     "align.step_per": ("epoch", "class"),
     "train.optimizer": ("adamw", "sgd"),

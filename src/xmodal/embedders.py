@@ -5,6 +5,13 @@ LayerNorm, learned position embeddings. 2D inputs `(B, C, H, W)`: resize, Conv2d
 flatten, LayerNorm, position embeddings. `init_from_body` copies the body's position embeddings
 and embedding LayerNorm and tiles a vision body's patch filters over the input channels; it is
 independent of whether the alignment stage runs.
+
+Two choices are settings because they change what a model learns (docs/benchmarks.md measures
+them): `conv_init` (`orca`: xavier_uniform with gain sqrt(2) and zero bias, as ORCA; `torch`:
+PyTorch's default, whose bias dwarfs small-fan-in signals; `trunc-normal`: std 0.02 and zero
+bias, ORCA's re-draw for the paper's naive baseline) and `norm_order` (`pre-pos`:
+LayerNorm(patches) + positions, as ORCA; `post-pos`: LayerNorm(patches + positions), as BERT's
+own embedding). Swin bodies always normalise first.
 """
 
 from __future__ import annotations
@@ -54,7 +61,8 @@ def plan_2d(height: int, width: int, body: Body, seq_len: int, patch: int | None
 class Embedder(nn.Module):
     """Patch projection -> LayerNorm -> + position embeddings. `forward(x) -> (tokens, grid)`."""
 
-    def __init__(self, input_shape: tuple, body: Body, seq_len: int, patch: int | None = None):
+    def __init__(self, input_shape: tuple, body: Body, seq_len: int, patch: int | None = None,
+                 conv_init: str = "orca", norm_order: str = "pre-pos"):
         super().__init__()
         dim = body.info.in_dim
         self.input_shape = tuple(input_shape)
@@ -75,10 +83,11 @@ class Embedder(nn.Module):
             self.grid = (g, g)
         else:
             raise UserError(f"inputs must be (C, L) or (C, H, W) per sample; got {input_shape}")
+        init_conv(self.proj, conv_init)
         n_tokens = math.prod(self.grid)
         check_token_budget(n_tokens, body)
         self.norm = nn.LayerNorm(dim)
-        self.norm_first = body.info.family == "swin"
+        self.norm_first = body.info.family == "swin" or norm_order == "pre-pos"
         self.use_pos = body.info.family != "swin" or body.position_embeddings() is not None
         self.pos = nn.Parameter(torch.zeros(n_tokens, dim)) if self.use_pos else None
         if self.pos is not None:
@@ -97,10 +106,10 @@ class Embedder(nn.Module):
         elif x.dim() == 4 and self.resize is not None:
             x = F.interpolate(x, size=self.resize, mode="bilinear", align_corners=False)
         tokens = self.proj(x).flatten(2).transpose(1, 2)
-        if self.norm_first:  # Swin: patch LayerNorm, then (optional) absolute positions
+        if self.norm_first:  # ORCA and Swin: patch LayerNorm, then (optional) positions
             tokens = self.norm(tokens)
             return (tokens if self.pos is None else tokens + self.pos), self.grid
-        if self.pos is not None:  # BERT / RoBERTa / ViT (ORCA): LayerNorm(patches + positions)
+        if self.pos is not None:  # `post-pos`, as BERT's own embedding: LN(patches + positions)
             tokens = tokens + self.pos
         return self.norm(tokens), self.grid
 
@@ -126,6 +135,23 @@ class Embedder(nn.Module):
                 self.proj.bias.copy_(bias)
             done.append("patch filters (tiled over input channels)")
         return done
+
+
+CONV_INITS = ("orca", "torch", "trunc-normal")
+NORM_ORDERS = ("pre-pos", "post-pos")
+
+
+@torch.no_grad()
+def init_conv(conv: nn.Module, how: str) -> None:
+    """Initialise the patch projection: `orca`, `torch` (leave PyTorch's) or `trunc-normal`."""
+    if how == "orca":
+        nn.init.xavier_uniform_(conv.weight, gain=math.sqrt(2.0))
+    elif how == "trunc-normal":
+        nn.init.trunc_normal_(conv.weight, std=0.02)
+    elif how != "torch":
+        raise UserError(f"embedder.conv_init must be one of {', '.join(CONV_INITS)}; got {how!r}")
+    if how != "torch" and conv.bias is not None:
+        conv.bias.zero_()
 
 
 def _fit_positions(pos: torch.Tensor, grid: tuple) -> torch.Tensor:

@@ -44,7 +44,8 @@ def build_model(spec: TaskSpec, cfg: Config) -> tuple[CrossModalModel, list[str]
     """Seeded construction of embedder + body + predictor; returns the model and init notes."""
     torch.manual_seed(cfg.run.seed)
     body = load_body(cfg.body)
-    embedder = Embedder(spec.input_shape, body, cfg.embedder.seq_len, cfg.embedder.patch)
+    ec = cfg.embedder
+    embedder = Embedder(spec.input_shape, body, ec.seq_len, ec.patch, ec.conv_init, ec.norm_order)
     notes = embedder.init_from_body(body) if cfg.embedder.init_from_body else []
     with torch.no_grad():
         body.eval()
