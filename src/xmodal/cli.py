@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("tasks", help="list the tasks").add_argument("--json", action="store_true")
     _fit_parser(sub)
+    _baseline_parser(sub)
     _distance_parser(sub)
     _study_parser(sub)
     rep = sub.add_parser("report", help="figures and report.md / report.html for a study folder")
@@ -67,6 +68,25 @@ def _fit_parser(sub) -> None:
                      "model summary without training")
     fit.add_argument("--force", action="store_true", help="retrain even if the run is complete")
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _baseline_parser(sub) -> None:
+    base = sub.add_parser("baseline", help="domain baselines (logistic regression, MiniRocket, "
+                          "ridge, mean) on a task, with the same output as fit",
+                          description="Fit the obvious domain methods on the split `xmodal fit` "
+                          "trains on; one run folder and one JSON line per method.")
+    base.add_argument("--task", required=True, help="task name (see `xmodal tasks`) or npz:PATH")
+    base.add_argument("--method", action="append", default=None,
+                      choices=["logreg", "minirocket", "ridge", "mean"],
+                      help="repeatable (default: every method that applies to the task)")
+    base.add_argument("--config", help="YAML config file (its task section is used)")
+    for flag in ("--seed", "--max-train", "--max-test", "--out", "--data-dir"):
+        _flag, key, typ, help_ = next(f for f in FIT_FLAGS if f[0] == flag)
+        base.add_argument(flag, type=typ, help=help_)
+    base.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key (repeatable), e.g. task.validation=carve")
+    base.add_argument("--force", action="store_true", help="refit even if the run is complete")
+    base.add_argument("--quiet", action="store_true", help="no status lines")
 
 
 def _distance_parser(sub) -> None:
@@ -152,6 +172,33 @@ def cmd_fit(args) -> int:
     return 0 if result.status == "done" else 1
 
 
+def cmd_baseline(args) -> int:
+    from .baselines import check_method, default_methods
+    from .config import load_config
+    from .fit import fit
+    from .tasks import load_task
+    items = [f"{key}={getattr(args, flag.lstrip('-').replace('-', '_'))}"
+             for flag, key, _t, _h in FIT_FLAGS
+             if flag in ("--task", "--seed", "--max-train", "--max-test", "--out", "--data-dir")
+             and getattr(args, flag.lstrip("-").replace("-", "_")) is not None]
+    cfg = load_config(args.config, items + list(args.set))
+    data = load_task(cfg.task)
+    methods = args.method or default_methods(data.spec)
+    for method in methods:
+        check_method(method, data.spec)
+    failed = 0
+    for method in methods:
+        mcfg = load_config(args.config, items + list(args.set) + [f"baseline.method={method}"])
+        result = fit(mcfg, progress=not args.quiet, force=args.force, data=data,
+                     log=(lambda _m: None) if args.quiet else _log_line)
+        failed += result.status != "done"
+        print(json.dumps({"run_dir": str(result.run_dir), "status": result.status,
+                          "method": method, "metric": result.summary.get("metric"),
+                          "test_metric": result.summary.get("test_metric_best"),
+                          "error": result.summary.get("error")}), flush=True)
+    return 1 if failed else 0
+
+
 def _log_line(message: str) -> None:
     """One status line on stderr that does not tear an active progress bar."""
     from tqdm.auto import tqdm
@@ -201,7 +248,7 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"tasks": cmd_tasks, "fit": cmd_fit, "distance": cmd_distance, "study": cmd_study,
+COMMANDS = {"tasks": cmd_tasks, "fit": cmd_fit, "baseline": cmd_baseline, "distance": cmd_distance, "study": cmd_study,
             "report": cmd_report}
 
 

@@ -36,6 +36,8 @@ class TaskConfig:
     max_train: Optional[int] = None  # subsample the training set (seeded)
     max_test: Optional[int] = None   # subsample the test set (smoke runs)
     val_fraction: float = 0.2        # carved from train with the split seed when no val split
+    validation: str = "auto"         # auto | carve | none: see `min_val` and the README
+    min_val: int = 50                # auto carves only when the carve holds >= this many samples
     split_seed: int = 0              # fixed: the validation split never depends on run.seed
     options: dict = field(default_factory=dict)  # task-specific (e.g. darcy resolution, count)
 
@@ -76,10 +78,13 @@ class AlignConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 3
-    batch_size: int = 32
+    epochs: Optional[int] = None     # None: enough epochs for `min_steps` optimizer steps
+    batch_size: Optional[int] = None  # None: min(32, max(8, train size // 8))
+    min_steps: int = 300             # the automatic budget's floor of optimizer steps
+    max_epochs: int = 100            # the automatic budget's ceiling of epochs
     lr: float = 1e-4
     optimizer: str = "adamw"         # adamw | sgd
+    betas: list = field(default_factory=lambda: [0.9, 0.98])  # Adam betas (ORCA: 0.9, 0.98)
     weight_decay: float = 0.0
     momentum: float = 0.9
     schedule: str = "cosine"         # cosine | linear | constant
@@ -101,12 +106,17 @@ class RunConfig:
     device: str = "auto"             # auto | cpu | cuda
     out: str = "runs"
     name: Optional[str] = None       # run folder name (default: <task>-<body>-<hash>)
-    precision: str = "fp32"          # fp32 | bf16 (CUDA autocast)
+    precision: str = "auto"          # auto (bf16 where the CPU/GPU has it) | fp32 | bf16
     num_workers: int = 0
     pin_memory: bool = False
     save_checkpoint: bool = True     # write best.safetensors
     threads: Optional[int] = None    # torch CPU threads
     resume_interval: float = 60.0    # seconds between resume.pt snapshots (0: after every epoch)
+
+
+@dataclass
+class BaselineConfig:
+    method: str = "none"             # none (fine-tune) | logreg | minirocket | ridge | mean
 
 
 @dataclass
@@ -117,6 +127,7 @@ class Config:
     align: AlignConfig = field(default_factory=AlignConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -124,6 +135,7 @@ class Config:
 
 CHOICES = {
     "task.kind": TASK_KINDS,
+    "baseline.method": ("none", "logreg", "minirocket", "ridge", "mean"),
     "embedder.conv_init": ("orca", "torch", "trunc-normal"),
     "embedder.norm_order": ("pre-pos", "post-pos"),
     "align.objective": ("otdd", "otdd-gaussian", "mmd", "l2"),
@@ -132,9 +144,10 @@ CHOICES = {
     "train.schedule": ("cosine", "linear", "constant"),
     "train.finetune": FINETUNE_MODES,
     "run.device": ("auto", "cpu", "cuda"),
-    "run.precision": ("fp32", "bf16"),
+    "run.precision": ("auto", "fp32", "bf16"),
+    "task.validation": ("auto", "carve", "none"),
 }
-POSITIVE = {"train.epochs": 0, "train.batch_size": 1, "train.accumulate": 1, "train.lr": 0,
+POSITIVE = {"train.min_steps": 1, "train.max_epochs": 1, "task.min_val": 1, "train.accumulate": 1, "train.lr": 0,
             "embedder.seq_len": 1, "train.eval_batch_size": 1, "align.maxsamples": 2,
             "align.epochs": 0, "align.n_source": 2, "run.num_workers": 0, "align.eps": 0,
             "align.inner_eps": 0}
@@ -287,13 +300,17 @@ def validate(cfg: Config) -> None:
     for key, value in flat.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"config key '{key}' must be a finite number; got {value!r}")
-    for key, low in POSITIVE.items():
-        if flat[key] < low:
+    for key, low in {**POSITIVE, "train.epochs": 0, "train.batch_size": 1}.items():
+        if flat[key] is not None and flat[key] < low:
             raise UserError(f"config key '{key}' must be >= {low}; got {flat[key]!r}")
     if not 0.0 < cfg.task.val_fraction < 1.0:
         raise UserError("config key 'task.val_fraction' must be between 0 and 1")
     if cfg.train.warmup_epochs < 0:
         raise UserError("config key 'train.warmup_epochs' must be >= 0")
+    betas = cfg.train.betas
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+        raise UserError(f"config key 'train.betas' must be two numbers in [0, 1), e.g. [0.9, 0.98]; "
+                        f"got {betas!r}")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -313,6 +330,9 @@ NON_IDENTITY_KEYS = ("run.out", "run.name", "run.num_workers", "run.pin_memory",
 
 def config_hash(cfg: Config, length: int = 10) -> str:
     flat = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in NON_IDENTITY_KEYS}
+    if cfg.baseline.method != "none":  # a baseline depends on the task and its seed only
+        flat = {k: v for k, v in flat.items() if k.split(".")[0] in ("task", "baseline")
+                or k == "run.seed"}
     blob = json.dumps(flat, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 

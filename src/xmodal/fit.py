@@ -9,7 +9,9 @@ run is in progress, so a crashed run continues from its last finished epoch).
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -21,10 +23,11 @@ import yaml
 
 from . import artifacts
 from .config import Config, config_hash, from_dict, load_config
-from .metrics import METRIC_LABELS
+from .metrics import METRIC_LABELS, compute_metric
 from .model import apply_finetune_mode, build_model, trainable_summary
 from .tasks import TaskData, load_task
-from .training import Trainer, TrainingDiverged, best_model, evaluate, resolve_device
+from .training import (Trainer, TrainingDiverged, best_model, evaluate, resolve_device,
+                       resolve_precision)
 
 
 @dataclass
@@ -51,7 +54,8 @@ def run_id(cfg: Config) -> str:
     if cfg.run.name:
         return cfg.run.name
     task = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.task.name.removeprefix("npz:")).stem)
-    body = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.body.name).name)
+    model = cfg.body.name if cfg.baseline.method == "none" else cfg.baseline.method
+    body = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).name)
     return f"{task}-{body}-{config_hash(cfg)}"
 
 
@@ -74,6 +78,8 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, progress: bool =
     started = time.time()
     device = resolve_device(cfg.run.device)
     data = data if data is not None else load_task(cfg.task)
+    if cfg.baseline.method != "none":
+        return _fit_baseline(cfg, data, run_dir, started, log)
     model, init_notes = build_model(data.spec, cfg)
     artifacts.write_text(run_dir / "config.yaml", _config_yaml(cfg, device))  # input is valid
     align_info = _align(model, data, cfg, device, run_dir, progress, log)
@@ -84,10 +90,12 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, progress: bool =
     base = {"run_id": run_dir.name, "task": data.spec.name, "body": cfg.body.name,
             "metric": data.spec.metric, "metric_label": METRIC_LABELS[data.spec.metric],
             "sizes": data.sizes(), "parameters": params, "embedder_init": init_notes,
-            "align": align_info, "notes": data.notes, "seed": cfg.run.seed}
+            "align": align_info, "notes": data.notes, "seed": cfg.run.seed,
+            "selection": data.selection, "precision": resolve_precision(device, cfg.run.precision)}
     trainer = Trainer(model, data, cfg, device, resume_path=run_dir / "resume.pt",
                       on_epoch=lambda rec: _on_epoch(run_dir, trainer, rec, data, log),
                       progress=progress)
+    base["budget"] = dataclasses.asdict(trainer.budget)
     if trainer.load_resume():
         log(f"resuming {run_dir.name} after epoch {trainer.state.epoch}")
     try:
@@ -129,9 +137,10 @@ def _on_epoch(run_dir: Path, trainer: Trainer, record: dict, data: TaskData, log
     artifacts.write_text(run_dir / "metrics.jsonl", lines)
     if not trainer.progress:
         return
-    log(f"  epoch {record['epoch']}: train loss {record['train_loss']:.4f}, "
-        f"val {data.spec.metric} {record['val_metric']:.4f}, lr {record['lr']:.2e}, "
-        f"{record['seconds']:.1f}s")
+    val = record["val_metric"]
+    val = f"val {data.spec.metric} {val:.4f}" if val is not None else "no validation"
+    log(f"  epoch {record['epoch']}/{trainer.epochs}: train loss {record['train_loss']:.4f}, "
+        f"{val}, lr {record['lr']:.2e}, {record['seconds']:.1f}s")
 
 
 def _align(model, data, cfg: Config, device, run_dir: Path, progress: bool, log) -> Optional[dict]:
@@ -149,6 +158,32 @@ def _final_eval(model, state, data: TaskData, cfg: Config, device, run_dir: Path
         artifacts.save_safetensors(best.state_dict(), run_dir / "best.safetensors",
                                    {"epoch": state.best_epoch, "config_hash": config_hash(cfg)})
     last_val = state.history[-1]["val_metric"] if state.history else None
-    return {"best_epoch": state.best_epoch, "best_val_metric": state.best_metric,
+    best_val = state.best_metric if math.isfinite(state.best_metric) else None
+    return {"best_epoch": state.best_epoch, "best_val_metric": best_val,
             "test_metric_best": best_test, "test_metric_last": last_test,
             "last_val_metric": last_val, "epochs": len(state.history), **info_best}
+
+
+def _fit_baseline(cfg: Config, data: TaskData, run_dir: Path, started: float, log) -> FitResult:
+    """A domain baseline (`baseline.method`) in place of fine-tuning, with the same files."""
+    from .baselines import predict_baseline
+    artifacts.write_text(run_dir / "config.yaml", _config_yaml(cfg, torch.device("cpu")))
+    outputs = predict_baseline(cfg.baseline.method, data, cfg.run.seed)
+    metric = lambda out, y: compute_metric(  # noqa: E731
+        data.spec.metric, *((data.decode_y(out), data.decode_y(y))
+                            if data.spec.kind == "dense" else (out, y)))
+    val = metric(outputs["val"], data.y_val)[0] if len(data.x_val) else None
+    test, info = metric(outputs["test"], data.y_test)
+    record = {"epoch": 1, "train_loss": None, "val_metric": val, "lr": None,
+              "seconds": time.time() - started, "test_metric": test}
+    artifacts.write_text(run_dir / "metrics.jsonl", json.dumps(record) + "\n")
+    summary = {"run_id": run_dir.name, "task": data.spec.name, "body": cfg.baseline.method,
+               "baseline": cfg.baseline.method, "metric": data.spec.metric,
+               "metric_label": METRIC_LABELS[data.spec.metric], "sizes": data.sizes(),
+               "notes": data.notes, "seed": cfg.run.seed, "selection": data.selection,
+               "best_epoch": 1, "best_val_metric": val, "last_val_metric": val,
+               "test_metric_best": test, "test_metric_last": test, "epochs": 1, **info,
+               "status": "done", "seconds": time.time() - started}
+    artifacts.write_json(run_dir / "summary.json", summary)
+    log(f"{run_dir.name}: baseline {cfg.baseline.method}, test {data.spec.metric} = {test:.4f}")
+    return FitResult(run_dir, "done", summary, [record])

@@ -64,6 +64,11 @@ class TaskData:
             return y
         return y * self.y_std + self.y_mean
 
+    @property
+    def selection(self) -> str:
+        """`best-val` (the best validation epoch is kept) or `last-epoch` (no validation)."""
+        return "best-val" if len(self.x_val) else "last-epoch"
+
     def sizes(self) -> dict:
         return {"train": len(self.x_train), "val": len(self.x_val), "test": len(self.x_test)}
 
@@ -115,7 +120,7 @@ def load_task(cfg: TaskConfig) -> TaskData:
 
 def prepare(data: TaskData, cfg: TaskConfig) -> TaskData:
     if data.x_val is None:
-        data = carve_validation(data, cfg.val_fraction, cfg.split_seed)
+        data = split_validation(data, cfg)
     rng = np.random.default_rng(cfg.split_seed + 1)
     if cfg.max_train is not None and cfg.max_train < len(data.x_train):
         idx = np.sort(rng.choice(len(data.x_train), cfg.max_train, replace=False))
@@ -127,6 +132,24 @@ def prepare(data: TaskData, cfg: TaskConfig) -> TaskData:
         data = replace(data, x_val=data.x_val[vdx], y_val=data.y_val[vdx])
     validate(data)
     return data
+
+
+def split_validation(data: TaskData, cfg: TaskConfig) -> TaskData:
+    """The validation policy for a task without its own validation split.
+
+    `carve` always carves `val_fraction` of train. `none` keeps every training sample for
+    training and leaves validation empty: the run then keeps its last epoch. `auto` carves only
+    when the carve would hold at least `min_val` samples: a handful of validation samples
+    selects on noise and withholds data that small training sets cannot spare.
+    """
+    n_val = int(round(len(data.x_train) * cfg.val_fraction))
+    if cfg.validation == "carve" or (cfg.validation == "auto" and n_val >= cfg.min_val):
+        return carve_validation(data, cfg.val_fraction, cfg.split_seed)
+    why = ("task.validation is 'none'" if cfg.validation == "none" else
+           f"a {cfg.val_fraction:.0%} carve would hold {n_val} < task.min_val={cfg.min_val} samples")
+    return replace(data, x_val=data.x_train[:0], y_val=data.y_train[:0],
+                   notes=data.notes + [f"no validation split ({why}): all training samples "
+                                       f"train, and the last epoch is kept"])
 
 
 def carve_validation(data: TaskData, fraction: float, seed: int) -> TaskData:
@@ -167,7 +190,7 @@ def validate(data: TaskData) -> None:
         where = f"task '{spec.name}', {split} split"
         if len(x) != len(y):
             raise UserError(f"{where}: {len(x)} inputs but {len(y)} targets")
-        if len(x) == 0:
+        if len(x) == 0 and split != "val":
             raise UserError(f"{where} is empty")
         if tuple(x.shape[1:]) != tuple(spec.input_shape):
             raise UserError(f"{where}: inputs have shape {tuple(x.shape[1:])}, "
@@ -175,7 +198,8 @@ def validate(data: TaskData) -> None:
         if not np.isfinite(x).all():
             raise UserError(f"{where}: inputs contain NaN or inf ({int((~np.isfinite(x)).sum())} "
                             f"values); clean or impute them first")
-        _validate_targets(y, spec, where)
+        if len(y):
+            _validate_targets(y, spec, where)
 
 
 def _validate_targets(y: np.ndarray, spec: TaskSpec, where: str) -> None:
@@ -332,15 +356,14 @@ def _ucr_loader(key: str):
         xtr, ytr = load_classification(aeon_name, split="train")
         xte, yte = load_classification(aeon_name, split="test")
         (ytr, yte), _ = encode_labels(ytr, yte)
-        # carve validation first, so the statistics never see validation (or test) samples
-        data = carve_validation(TaskData(REGISTRY[key].spec, xtr, ytr, None, None, xte, yte),
-                                cfg.val_fraction, cfg.split_seed)
+        # split validation first, so the statistics never see validation (or test) samples
+        data = split_validation(TaskData(REGISTRY[key].spec, xtr, ytr, None, None, xte, yte), cfg)
         mean = data.x_train.mean(axis=(0, 2), keepdims=True)
         std = data.x_train.std(axis=(0, 2), keepdims=True) + 1e-8
         norm = lambda a: ((a - mean) / std).astype(np.float32)  # noqa: E731
         return replace(data, x_train=norm(data.x_train), x_val=norm(data.x_val),
                        x_test=norm(data.x_test),
-                       notes=["channels standardised with train statistics"])
+                       notes=data.notes + ["channels standardised with train statistics"])
     return load
 
 

@@ -39,7 +39,36 @@ def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer
     params = [p for p in params if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long fine-tuning runs: the resolved batch size, epochs and steps per epoch."""
+    batch_size: int
+    epochs: int
+    steps_per_epoch: int
+    rule: str
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+def resolve_budget(tc: TrainConfig, n_train: int) -> Budget:
+    """The training budget for `n_train` samples (README, "The training budget").
+
+    Unset `batch_size`: min(32, max(8, n_train // 8)), so a small set still gets about eight
+    steps per epoch. Unset `epochs`: enough epochs for `min_steps` optimizer steps, at most
+    `max_epochs`; a 40-sample set gets as many updates as a 40,000-sample one needs at least.
+    """
+    batch = tc.batch_size or min(32, max(8, n_train // 8))
+    batch = max(1, min(batch, n_train))
+    steps = math.ceil(math.ceil(n_train / batch) / tc.accumulate)
+    if tc.epochs is not None:
+        return Budget(batch, tc.epochs, steps, "train.epochs")
+    epochs = min(tc.max_epochs, max(1, math.ceil(tc.min_steps / steps)))
+    return Budget(batch, epochs, steps, f"auto: >= {tc.min_steps} steps, <= {tc.max_epochs} epochs")
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -67,9 +96,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_bf16() -> bool:
+    """True when this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """`auto` -> bf16 on a CUDA device that supports it or a CPU with native bf16, else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+
+
 def autocast(device: torch.device, precision: str):
-    if precision == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if resolve_precision(device, precision) == "bf16" and device.type in ("cuda", "cpu"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -112,9 +159,11 @@ class Trainer:
         self.resume_path, self.on_epoch, self.progress = resume_path, on_epoch, progress
         tc = cfg.train
         self.loss_fn = make_loss(data.spec.kind, tc.pos_weight)
-        self.n_batches = math.ceil(len(data.x_train) / tc.batch_size)
-        self.steps_per_epoch = math.ceil(self.n_batches / tc.accumulate)
-        total = int(round((tc.decay_epochs or tc.epochs) * self.steps_per_epoch))
+        self.budget = resolve_budget(tc, len(data.x_train))
+        self.epochs = self.budget.epochs
+        self.n_batches = math.ceil(len(data.x_train) / self.budget.batch_size)
+        self.steps_per_epoch = self.budget.steps_per_epoch
+        total = int(round((tc.decay_epochs or self.epochs) * self.steps_per_epoch))
         self.opt = make_optimizer(model.parameters(), tc, tc.lr)
         self.sched = make_scheduler(self.opt, total, int(round(tc.warmup_epochs * self.steps_per_epoch)),
                                     tc.schedule)
@@ -156,15 +205,17 @@ class Trainer:
     def run(self) -> TrainState:
         tc = self.cfg.train
         metric = self.data.spec.metric
-        bar = tqdm(total=tc.epochs, initial=self.state.epoch, desc="fine-tuning", unit="epoch",
+        bar = tqdm(total=self.epochs, initial=self.state.epoch, desc="fine-tuning", unit="epoch",
                    file=sys.stderr, disable=not (self.progress and sys.stderr.isatty()),
                    dynamic_ncols=True)
-        while self.state.epoch < tc.epochs:
+        while self.state.epoch < self.epochs:
             epoch = self.state.epoch + 1
             t0 = time.perf_counter()
             train_loss = self._train_epoch(epoch)
-            val, _ = evaluate(self.model, self.data.x_val, self.data.y_val, self.data, self.cfg,
-                              self.device)
+            val = None
+            if len(self.data.x_val):
+                val, _ = evaluate(self.model, self.data.x_val, self.data.y_val, self.data,
+                                  self.cfg, self.device)
             record = {"epoch": epoch, "train_loss": train_loss, "val_metric": val,
                       "lr": self._last_lr, "seconds": time.perf_counter() - t0}
             if tc.test_each_epoch:  # for curves only; selection below uses validation
@@ -173,16 +224,22 @@ class Trainer:
             self._track_best(epoch, val)
             self.state.history.append(record)
             self.state.epoch = epoch
-            if epoch < tc.epochs and self._resume_due():
+            if epoch < self.epochs and self._resume_due():
                 self._save_resume()
-            bar.set_postfix({"loss": f"{train_loss:.4f}", f"val {metric}": f"{val:.4f}"})
+            post = {"loss": f"{train_loss:.4f}"}
+            if val is not None:
+                post[f"val {metric}"] = f"{val:.4f}"
+            bar.set_postfix(post)
             bar.update(1)
             if self.on_epoch is not None:
                 self.on_epoch(record)
         bar.close()
         return self.state
 
-    def _track_best(self, epoch: int, val: float) -> None:
+    def _track_best(self, epoch: int, val: Optional[float]) -> None:
+        if val is None:  # no validation split: the last epoch is the one kept
+            self.state.best_epoch, self.state.best_state = epoch, None
+            return
         if np.isfinite(val) and val < self.state.best_metric:
             self.state.best_metric, self.state.best_epoch = float(val), epoch
             self.state.best_state = {k: v.detach().to("cpu", copy=True)
@@ -191,7 +248,7 @@ class Trainer:
     def _loader(self, epoch: int) -> DataLoader:
         ds = TensorDataset(torch.from_numpy(self.data.x_train), torch.from_numpy(self.data.y_train))
         gen = torch.Generator().manual_seed(self.cfg.run.seed * 100_003 + epoch)
-        return DataLoader(ds, batch_size=self.cfg.train.batch_size, shuffle=True, generator=gen,
+        return DataLoader(ds, batch_size=self.budget.batch_size, shuffle=True, generator=gen,
                           num_workers=self.cfg.run.num_workers, pin_memory=self.cfg.run.pin_memory)
 
     def _train_epoch(self, epoch: int) -> float:
@@ -201,7 +258,7 @@ class Trainer:
         # One iterator: tqdm.auto calls iter() on an iterable eagerly, and a second DataLoader
         # iterator would draw from the shuffle generator again (order then depends on workers).
         bar = tqdm(iter(self._loader(epoch)), total=self.n_batches, leave=False, file=sys.stderr,
-                   desc=f"epoch {epoch}/{tc.epochs}", disable=not (self.progress and sys.stderr.isatty()),
+                   desc=f"epoch {epoch}/{self.epochs}", disable=not (self.progress and sys.stderr.isatty()),
                    dynamic_ncols=True)
         self.opt.zero_grad(set_to_none=True)
         # On CUDA, reading the loss forces a device sync; do it every `sync_every` batches only.
