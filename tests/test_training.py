@@ -92,7 +92,8 @@ def toy_data(n, seed=0):
 
 def make_trainer(data, model=None, **overrides):
     base = {"train.optimizer": "sgd", "train.momentum": 0.0, "train.schedule": "constant",
-            "train.clip": None, "train.epochs": 1, "train.lr": 0.1, "run.device": "cpu"}
+            "train.clip": None, "train.epochs": 1, "train.lr": 0.1, "run.device": "cpu",
+            "run.precision": "fp32"}  # exact comparisons below
     cfg = load_config(overrides={**base, **overrides})
     return Trainer(model or Linear(), data, cfg, CPU, progress=False)
 

@@ -85,6 +85,8 @@ class TrainConfig:
     lr: float = 1e-4
     optimizer: str = "adamw"         # adamw | sgd
     betas: list = field(default_factory=lambda: [0.9, 0.98])  # Adam betas (ORCA: 0.9, 0.98)
+    embedder_lr_mult: float = 1.0    # the embedder's lr = train.lr x this
+    predictor_lr_mult: float = 1.0   # the predictor's lr = train.lr x this
     weight_decay: float = 0.0
     momentum: float = 0.9
     schedule: str = "cosine"         # cosine | linear | constant
@@ -147,7 +149,7 @@ CHOICES = {
     "run.precision": ("auto", "fp32", "bf16"),
     "task.validation": ("auto", "carve", "none"),
 }
-POSITIVE = {"train.min_steps": 1, "train.max_epochs": 1, "task.min_val": 1, "train.accumulate": 1, "train.lr": 0,
+POSITIVE = {"train.embedder_lr_mult": 0, "train.predictor_lr_mult": 0, "train.min_steps": 1, "train.max_epochs": 1, "task.min_val": 1, "train.accumulate": 1, "train.lr": 0,
             "embedder.seq_len": 1, "train.eval_batch_size": 1, "align.maxsamples": 2,
             "align.epochs": 0, "align.n_source": 2, "run.num_workers": 0, "align.eps": 0,
             "align.inner_eps": 0}

@@ -35,8 +35,25 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf."""
 
 
+def param_groups(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> list[dict]:
+    """One group per part: embedder and predictor at `lr` x their multipliers, the rest at
+    `lr` (a model without those parts is one group)."""
+    mults = {"embedder": cfg.embedder_lr_mult, "predictor": cfg.predictor_lr_mult}
+    groups = {name: [] for name in ("body", *mults)}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            part = name.split(".", 1)[0]
+            groups[part if part in mults else "body"].append(p)
+    return [{"params": ps, "lr": lr * mults.get(part, 1.0), "name": part}
+            for part, ps in groups.items() if ps]
+
+
 def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+    """`params`: a model (grouped by `param_groups`) or an iterable of parameters."""
+    if isinstance(params, torch.nn.Module):
+        params = param_groups(params, cfg, lr)
+    else:
+        params = [p for p in params if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
@@ -164,7 +181,7 @@ class Trainer:
         self.n_batches = math.ceil(len(data.x_train) / self.budget.batch_size)
         self.steps_per_epoch = self.budget.steps_per_epoch
         total = int(round((tc.decay_epochs or self.epochs) * self.steps_per_epoch))
-        self.opt = make_optimizer(model.parameters(), tc, tc.lr)
+        self.opt = make_optimizer(model, tc, tc.lr)
         self.sched = make_scheduler(self.opt, total, int(round(tc.warmup_epochs * self.steps_per_epoch)),
                                     tc.schedule)
         self.state = TrainState()
@@ -299,7 +316,8 @@ class Trainer:
         if self.cfg.train.clip:
             params = [p for p in self.model.parameters() if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.cfg.train.clip)
-        self._last_lr = self.opt.param_groups[0]["lr"]   # the rate this step used
+        group = self.opt.param_groups[0]   # the rate this step used, in units of train.lr
+        self._last_lr = group["lr"] * self.cfg.train.lr / group["initial_lr"]
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
