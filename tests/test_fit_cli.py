@@ -84,8 +84,9 @@ def cli_run_dir(runs) -> Path:
 
 def test_cli_prints_a_result_line_and_both_runs_share_the_run_id(runs):
     assert runs["rc"] == 0, runs["err"]
-    assert "Traceback" not in runs["err"]
-    line = json.loads(runs["out"].strip().splitlines()[-1])
+    assert runs["err"] == ""                 # --quiet: no progress, no log lines
+    assert len(runs["out"].splitlines()) == 1
+    line = json.loads(runs["out"])
     assert line["status"] == "done" and line["metric"] == "error" and line["error"] is None
     cli_dir = Path(line["run_dir"])
     assert cli_dir.parent == runs["root"] / "cli"
@@ -188,7 +189,16 @@ def test_finished_run_is_not_retrained(runs):
     torch.set_num_threads(threads)
     assert again.status == "done" and again.summary == runs["result"].summary
     assert (run_dir / "metrics.jsonl").stat().st_mtime_ns == before
-    assert any("already complete" in line for line in lines)
+    assert again.reused and not runs["result"].reused
+    assert not any("--force" in line for line in lines)  # Python callers have no CLI flags
+
+
+def test_cli_says_how_to_retrain_a_finished_run(runs, capsys):
+    out_dir = runs["result"].run_dir.parent
+    assert cli.main(["fit", *FLAGS, "--out", str(out_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert "already complete (use --force to retrain)" in err
+    assert json.loads(out.strip().splitlines()[-1])["run_dir"] == str(runs["result"].run_dir)
 
 
 def test_package_fit_stays_the_function_after_the_submodule_is_imported():

@@ -1,0 +1,130 @@
+"""`xmodal predict` and `xmodal.load_run`: a finished run predicts on raw inputs with the
+preprocessing it used, reproduces its stored test metric exactly on its own test split (a
+bundled task with fitted normalisation, and the user's npz), and rejects mismatched inputs with
+one line and exit 2."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import xmodal
+from xmodal import cli
+
+TINY = {"body.name": "minilm", "body.num_layers": 1, "embedder.seq_len": 4,
+        "task.max_train": 32, "train.epochs": 1, "train.batch_size": 16, "run.device": "cpu",
+        "run.threads": 1, "train.eval_batch_size": 64}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+
+
+def fit_tiny(out, **overrides):
+    threads = torch.get_num_threads()
+    cfg = xmodal.load_config(overrides={**TINY, "run.out": str(out), **overrides})
+    result = xmodal.fit(cfg, progress=False, log=lambda msg: None)
+    torch.set_num_threads(threads)
+    assert result.status == "done"
+    return result
+
+
+@pytest.fixture(scope="module")
+def italypower(tmp_path_factory):
+    """A run on the bundled UCR task italypower (standardised with train statistics) and its
+    raw test split as aeon gives it, labels mapped through the run's label names."""
+    from aeon.datasets import load_classification
+    result = fit_tiny(tmp_path_factory.mktemp("italy"), **{"task.name": "italypower"})
+    x, y = load_classification("ItalyPowerDemand", split="test")
+    names = xmodal.load_run(result.run_dir).label_names
+    return result, x, np.array([names.index(str(v)) for v in y])
+
+
+def own_npz(path, seed=0):
+    """Single-channel series given as (N, L): the run adds the channel axis, so must predict."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, 90)
+    x = rng.normal(size=(90, 20)) + y[:, None] * 0.8
+    np.savez(path, x_train=x[:60], y_train=y[:60], x_test=x[60:], y_test=y[60:])
+    return x[60:], y[60:]
+
+
+def run_cli(argv, capsys):
+    rc = cli.main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_predict_reproduces_the_stored_test_metric_on_a_bundled_task(italypower, tmp_path,
+                                                                       capsys):
+    result, x, y = italypower
+    np.savez(tmp_path / "in.npz", x=x, y=y)
+    rc, out, err = run_cli(["predict", str(result.run_dir), "--input", str(tmp_path / "in.npz"),
+                            "--output", str(tmp_path / "pred.npz"), "--labels"], capsys)
+    assert rc == 0, err
+    assert out.strip() == f"error: {result.summary['test_metric_best']!r}"
+    with np.load(tmp_path / "pred.npz", allow_pickle=False) as f:
+        pred, proba, names = f["pred"], f["proba"], f["label_names"]
+    assert pred.shape == (len(x),) and proba.shape == (len(x), 2)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
+    assert (pred == proba.argmax(axis=1)).all()
+    assert np.mean(pred != y) == result.summary["test_metric_best"]
+    assert list(names) == ["1", "2"]
+
+
+def test_the_run_stores_the_normalisation_it_fitted_on_train(italypower):
+    from xmodal.tasks import load_task
+    result, x, _ = italypower
+    run = xmodal.load_run(result.run_dir)
+    data = load_task(xmodal.load_config(overrides={**TINY, "task.name": "italypower"}).task)
+    np.testing.assert_array_equal(run.prepare(x), data.x_test)   # bit for bit
+    assert np.abs(run.prepare(x) - x).max() > 1e-3               # it did change the inputs
+
+
+def test_load_run_predicts_from_python(italypower):
+    result, x, y = italypower
+    run = xmodal.load_run(result.run_dir)
+    assert isinstance(run.model, torch.nn.Module) and not run.model.training
+    assert run.config.task.name == "italypower" and run.config.train.epochs == 1
+    proba = run.predict_proba(x[:50])
+    assert proba.shape == (50, 2)
+    assert (run.predict(x[:50]) == proba.argmax(axis=1)).all()
+    assert run.score(x, y) == result.summary["test_metric_best"]
+
+
+def test_predict_reproduces_the_stored_test_metric_on_an_npz_task(tmp_path, capsys):
+    x_test, y_test = own_npz(tmp_path / "own.npz")
+    result = fit_tiny(tmp_path / "runs", **{"task.name": f"npz:{tmp_path / 'own.npz'}"})
+    np.savez(tmp_path / "in.npz", x=x_test, y=y_test)
+    rc, out, err = run_cli(["predict", str(result.run_dir), "--input", str(tmp_path / "in.npz"),
+                            "--output", str(tmp_path / "p.npz"), "--labels"], capsys)
+    assert rc == 0, err
+    assert float(out.split(": ")[1]) == result.summary["test_metric_best"]
+    with np.load(tmp_path / "p.npz", allow_pickle=False) as f:
+        assert "label_names" not in f.files and f["proba"].shape == (30, 3)
+    assert json.loads((result.run_dir / "task.json").read_text())["preprocess"]["x_mean"] is None
+
+
+@pytest.mark.parametrize("case", ["channels", "length", "no_x", "no_y", "nan"])
+def test_mismatched_input_is_one_line_exit_2(italypower, tmp_path, capsys, case):
+    result, x, y = italypower
+    arrays = {"channels": {"x": np.repeat(x[:5], 2, axis=1)}, "length": {"x": x[:5, :, :20]},
+              "no_x": {"inputs": x[:5]}, "no_y": {"x": x[:5]},
+              "nan": {"x": np.where(np.arange(24) == 3, np.nan, x[:5])}}[case]
+    np.savez(tmp_path / "bad.npz", **arrays)
+    labels = ["--labels"] if case == "no_y" else []
+    rc, out, err = run_cli(["predict", str(result.run_dir), "--input", str(tmp_path / "bad.npz"),
+                            "--output", str(tmp_path / "p.npz"), *labels], capsys)
+    assert rc == 2 and out == "" and err.count("\n") == 1 and err.startswith("xmodal: error: ")
+    assert "Traceback" not in err and not (tmp_path / "p.npz").exists()
+    if case in ("channels", "length"):
+        assert "(N, 1, 24)" in err
+
+
+def test_a_folder_that_is_not_a_run_is_an_error(tmp_path, capsys):
+    np.savez(tmp_path / "in.npz", x=np.zeros((2, 24)))
+    rc, _, err = run_cli(["predict", str(tmp_path), "--input", str(tmp_path / "in.npz"),
+                          "--output", str(tmp_path / "p.npz")], capsys)
+    assert rc == 2 and "not a run folder" in err
