@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "and the ablation study of arXiv 2403.13537")
     parser.add_argument("--version", action="version", version=f"xmodal {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                title="commands")
+                                title="commands", help="`xmodal COMMAND --help` for its options")
     tasks = _command(sub, "tasks", "list the tasks", "List the bundled and NAS-Bench-360 "
                      "tasks: input shape, output, loss, metric and data source.")
     tasks.add_argument("--json", action="store_true", help="print the task list as JSON")
@@ -154,7 +154,8 @@ def _study_parser(sub) -> None:
                      "Run a study (a grid of fit configurations) into a SQLite-backed folder, "
                      "resume it, and inspect or export its results.")
     ssub = study.add_subparsers(dest="study_command", required=True, metavar="COMMAND",
-                                title="commands")
+                                title="commands",
+                                help="`xmodal study COMMAND --help` for its options")
     _command(ssub, "list", "built-in studies", "List the built-in study specs.")
     run = _command(ssub, "run", "run (or resume) a study",
                    "Run every pending or failed run of a study; re-running the same command "

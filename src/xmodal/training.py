@@ -63,7 +63,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         from .errors import UserError
-        raise UserError("run.device is 'cuda' but no CUDA device is available; use --device cpu")
+        raise UserError("run.device is 'cuda' but no CUDA device is available; set run.device "
+                        "to cpu or auto (--device cpu)")
     return torch.device(name)
 
 
