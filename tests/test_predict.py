@@ -128,3 +128,34 @@ def test_a_folder_that_is_not_a_run_is_an_error(tmp_path, capsys):
     rc, _, err = run_cli(["predict", str(tmp_path), "--input", str(tmp_path / "in.npz"),
                           "--output", str(tmp_path / "p.npz")], capsys)
     assert rc == 2 and "not a run folder" in err
+
+
+def test_darcy_normalisation_is_one_stored_transform_of_the_raw_channels():
+    """The dense loader's input encoding (pointwise-normalised coefficient + two coordinate
+    channels) equals the stored (x_mean, x_std) applied to [raw coefficient, coordinates]."""
+    from xmodal.darcy import dense_task_data, grid_channels
+    from xmodal.tasks import REGISTRY, normalise_x
+    rng = np.random.default_rng(0)
+    pair = lambda n: (rng.uniform(3, 12, (n, 8, 8)), rng.normal(size=(n, 8, 8)))  # noqa: E731
+    test = pair(5)
+    data = dense_task_data(REGISTRY["darcy"].spec, pair(12), pair(3), test, [])
+    raw = np.concatenate([test[0][:, None], np.broadcast_to(grid_channels(8), (5, 2, 8, 8))], 1)
+    np.testing.assert_array_equal(normalise_x(raw, data.x_mean, data.x_std), data.x_test)
+
+
+def test_a_dense_run_predicts_values_in_the_targets_units(tmp_path):
+    from xmodal.darcy import STREAM_TEST, grid_channels, load_or_generate
+    opts = {"task.name": "darcy", "task.options": {"resolution": 8, "n_train": 20, "n_test": 6},
+            "task.max_train": None}
+    result = fit_tiny(tmp_path / "runs", **opts)
+    coeff, sol = load_or_generate(6, 8, 0, STREAM_TEST)
+    x = np.concatenate([coeff[:, None], np.broadcast_to(grid_channels(8), (6, 2, 8, 8))], 1)
+    run = xmodal.load_run(result.run_dir)
+    pred = run.predict(x)
+    assert pred.shape == (6, 1, 8, 8)
+    rel = np.linalg.norm((pred[:, 0] - sol).reshape(6, -1), axis=1) / \
+        np.linalg.norm(sol.reshape(6, -1), axis=1)
+    assert np.isclose(rel.mean(), result.summary["test_metric_best"], rtol=1e-4)
+    assert np.isclose(run.score(x, sol), result.summary["test_metric_best"], rtol=1e-4)
+    with pytest.raises(xmodal.UserError, match="not probabilities"):
+        run.predict_proba(x)
