@@ -33,7 +33,11 @@ def _env(tmp_path, monkeypatch):
     # mode; otherwise it binds every interface) and accepts only clients holding this token.
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    monkeypatch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
+
+
+# One token for every instance this process starts: Ray caches the token in the driver process.
+TOKEN = secrets.token_hex(32)
 
 
 @pytest.fixture
