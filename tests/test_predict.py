@@ -159,3 +159,14 @@ def test_a_dense_run_predicts_values_in_the_targets_units(tmp_path):
     assert np.isclose(run.score(x, sol), result.summary["test_metric_best"], rtol=1e-4)
     with pytest.raises(xmodal.UserError, match="not probabilities"):
         run.predict_proba(x)
+
+
+def test_a_lora_run_loads_its_adapters_and_reproduces_its_metric(tmp_path):
+    from xmodal.tasks import load_task
+    result = fit_tiny(tmp_path / "runs", **{"task.name": "digits", "train.finetune": "lora",
+                                            "task.max_test": 64})
+    run = xmodal.load_run(result.run_dir)
+    assert any("lora_" in name for name, _ in run.model.named_parameters())
+    data = load_task(run.config.task)          # digits fit no statistics: x as in the task
+    assert run.score(data.x_test, data.y_test) == result.summary["test_metric_best"]
+    assert run.label_names == [str(d) for d in range(10)]

@@ -102,8 +102,9 @@ def _summary(run_dir: Path) -> dict:
     path = run_dir / "summary.json"
     summary = json.loads(path.read_text()) if path.is_file() else {}
     if summary.get("status") != "done":
-        raise UserError(f"run {run_dir} is not finished (status "
-                        f"{summary.get('status', 'in progress')}); finish it with `xmodal fit` first")
+        status = summary.get("status", "in progress")
+        raise UserError(f"run {run_dir} is not finished (status {status}); finish it with "
+                        f"`xmodal fit` first")
     return summary
 
 

@@ -56,8 +56,8 @@ class TaskData:
     y_test: np.ndarray
     y_mean: Optional[np.ndarray] = None   # dense targets are normalised; decode before metrics
     y_std: Optional[np.ndarray] = None
-    x_mean: Optional[np.ndarray] = None   # input normalisation fitted on train: x -> (x - mean) / std
-    x_std: Optional[np.ndarray] = None    # (stored in the run folder, applied by `xmodal predict`)
+    x_mean: Optional[np.ndarray] = None   # input normalisation fitted on train: (x - mean) / std,
+    x_std: Optional[np.ndarray] = None    # stored in the run folder, applied by `xmodal predict`
     label_names: Optional[list] = None    # class (or label) names, index = class id
     notes: list = field(default_factory=list)
     augment: Optional[Callable] = None    # torch batch -> batch, train only (e.g. CIFAR crops)

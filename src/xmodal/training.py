@@ -79,7 +79,8 @@ EVAL_BAR_DELAY = 2.0   # seconds: quick evaluations never show a bar
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: np.ndarray, batch_size: int, device: torch.device,
-            precision: str = "fp32", progress: bool = False, desc: str = "evaluating") -> np.ndarray:
+            precision: str = "fp32", progress: bool = False,
+            desc: str = "evaluating") -> np.ndarray:
     """Batched forward pass; only one batch lives on the device at a time. With `progress`, a
     transient bar on a terminal once the pass has taken EVAL_BAR_DELAY seconds."""
     model.eval()
