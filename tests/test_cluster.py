@@ -1,7 +1,11 @@
 """The Ray backend (`xmodal study run --ray`): a tiny study on a local Ray instance, resume,
-failed runs, a dead worker, shared-alignment scheduling, and the error without Ray."""
+failed runs, a dead worker, shared-alignment scheduling, and the error without Ray.
+
+`make test` installs the `cluster` extra, so these run in CI against a real Ray instance that
+the tests start (loopback address only, token authentication) and shut down."""
 
 import os
+import secrets
 import socket
 import sys
 
@@ -25,6 +29,15 @@ def _env(tmp_path, monkeypatch):
     # set before Ray starts: the local instance's workers inherit the driver's environment
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "xcache"))
+    # The instance the tests start listens on the loopback address only (Ray's single-node
+    # mode; otherwise it binds every interface) and accepts only clients holding this token.
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
+
+
+# One token for every instance this process starts: Ray caches the token in the driver process.
+TOKEN = secrets.token_hex(32)
 
 
 @pytest.fixture
@@ -108,6 +121,8 @@ def test_dead_ray_worker_is_a_failed_result(ray, tmp_path):
 
     pool = RayPool("local", cpus=1, fn=job_fn, quiet=True)
     try:
+        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
         assert pool.slots() == study.available_cores()
         pool.submit("ok", {"die": False})
         pool.submit("dies", {"die": True})

@@ -26,13 +26,14 @@ def test_demo_study_and_report(tmp_path):
     run = xmodal("study", "run", "demo", "--out", "study", "--fresh", "--quiet", *SHRINK,
                  cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stderr == ""                       # --quiet: no progress, no summary
     with sqlite3.connect(tmp_path / "study" / "study.db") as db:
         statuses = dict(db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
         experiments = {row[0] for row in db.execute("SELECT DISTINCT part FROM members")}
     assert set(statuses) == {"done"} and statuses["done"] >= 20
     assert experiments == {"proxy", "align-epochs", "freezing", "pretraining"}
 
-    again = xmodal("study", "run", "demo", "--out", "study", "--quiet", *SHRINK, cwd=tmp_path)
+    again = xmodal("study", "run", "demo", "--out", "study", *SHRINK, cwd=tmp_path)
     assert again.returncode == 0
     assert f"({statuses['done']} were already done)" in again.stderr
 

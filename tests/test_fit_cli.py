@@ -84,8 +84,9 @@ def cli_run_dir(runs) -> Path:
 
 def test_cli_prints_a_result_line_and_both_runs_share_the_run_id(runs):
     assert runs["rc"] == 0, runs["err"]
-    assert "Traceback" not in runs["err"]
-    line = json.loads(runs["out"].strip().splitlines()[-1])
+    assert runs["err"] == ""                 # --quiet: no progress, no log lines
+    assert len(runs["out"].splitlines()) == 1
+    line = json.loads(runs["out"])
     assert line["status"] == "done" and line["metric"] == "error" and line["error"] is None
     cli_dir = Path(line["run_dir"])
     assert cli_dir.parent == runs["root"] / "cli"
@@ -188,7 +189,16 @@ def test_finished_run_is_not_retrained(runs):
     torch.set_num_threads(threads)
     assert again.status == "done" and again.summary == runs["result"].summary
     assert (run_dir / "metrics.jsonl").stat().st_mtime_ns == before
-    assert any("already complete" in line for line in lines)
+    assert again.reused and not runs["result"].reused
+    assert not any("--force" in line for line in lines)  # Python callers have no CLI flags
+
+
+def test_cli_says_how_to_retrain_a_finished_run(runs, capsys):
+    out_dir = runs["result"].run_dir.parent
+    assert cli.main(["fit", *FLAGS, "--out", str(out_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert "already complete (use --force to retrain)" in err
+    assert json.loads(out.strip().splitlines()[-1])["run_dir"] == str(runs["result"].run_dir)
 
 
 def test_package_fit_stays_the_function_after_the_submodule_is_imported():
@@ -371,3 +381,58 @@ def test_atomic_write_failing_rename_and_checkpoint(tmp_path, monkeypatch):
         artifacts.save_safetensors({"w": torch.zeros(3)}, target)
     assert target.read_bytes() == good and leftovers(tmp_path) == []
     assert torch.equal(load_file(target)["w"], torch.ones(2))
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--task", "arrowhed"], "did you mean 'arrowhead'"),
+    (["--task", "italypower", "--device", "cuda"], "no CUDA device"),
+    (["--task", "npz:/nonexistent/own.npz"], "does not exist"),
+    (["--task", "italypower", "--body", "no-such-org/no-such-model"], "offline"),
+])
+def test_dry_run_errors_come_alone_before_any_config(argv, needle, tmp_path, capsys,
+                                                     monkeypatch):
+    if needle == "no CUDA device" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc = cli.main(["fit", *argv, "--out", str(tmp_path / "runs"), "--dry-run"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("xmodal: error: ") and needle in err
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- the parser
+
+def _all_parsers(parser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, cli.argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_parsers(sub)
+
+
+def test_every_option_and_positional_has_help_and_every_command_a_description():
+    parsers = list(_all_parsers(cli.build_parser()))
+    assert len(parsers) >= 11    # xmodal, 6 commands, study and its 4 subcommands
+    for parser in parsers:
+        assert parser.description, parser.prog
+        for action in parser._actions:
+            assert action.help, (parser.prog, action.dest)
+
+
+def test_fit_help_shows_the_config_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["fit", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "[train.epochs] (default: 3)" in text and "[body.name] (default: minilm)" in text
+
+
+def test_version_and_missing_subcommand(capsys):
+    import xmodal as pkg
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"xmodal {pkg.__version__}"
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["study"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "study_command" not in err and "COMMAND" in err

@@ -52,13 +52,34 @@ def test_empty_folder_is_one_line_exit_2(tmp_path):
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("config.yaml"))
 
 
-@pytest.mark.parametrize("preset", ["cifar100", "ninapro", "darcy", "satellite", "deepsea", "ecg"])
-def test_preset_dry_run_prints_config_and_model(preset, capsys):
+PRESET_TASK = {"cifar100": "cifar100", "ninapro": "ninapro", "darcy": "darcy-nb360",
+               "satellite": "satellite", "deepsea": "deepsea", "ecg": "ecg"}
+
+
+def preset_path(preset: str) -> str:
+    return os.path.join(os.path.dirname(__file__), "..", "configs", "nb360", f"{preset}.yaml")
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_TASK))
+def test_preset_dry_run_prints_config_and_model(preset, tmp_path, capsys):
     """The presets name hub bodies (offline here), so the body is swapped for the bundled one;
-    everything else (task spec, embedder plan, fine-tune mode) is the preset's."""
-    path = os.path.join(os.path.dirname(__file__), "..", "configs", "nb360", f"{preset}.yaml")
-    rc = main(["fit", "--config", path, "--body", "minilm", "--set", "body.num_layers=1",
+    everything else (task spec, embedder plan, fine-tune mode) is the preset's. The dry run
+    loads the task, so it gets tiny files in the published formats."""
+    task = PRESET_TASK[preset]
+    WRITERS[task](tmp_path)
+    rc = main(["fit", "--config", preset_path(preset), "--body", "minilm", "--set",
+               "body.num_layers=1", "--data-dir", str(tmp_path), *EXTRA.get(task, []),
                "--dry-run"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "decay_epochs:" in out and "# parameters:" in out and "# embedder:" in out
+    assert f"# task {task}:" in out
+
+
+@pytest.mark.parametrize("preset", ["cifar100", "ecg"])
+def test_preset_dry_run_without_its_files_is_only_the_error(preset, tmp_path, capsys):
+    rc = main(["fit", "--config", preset_path(preset), "--body", "minilm", "--data-dir",
+               str(tmp_path), "--dry-run"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("xmodal: error: ") and "missing file" in err

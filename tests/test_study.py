@@ -270,4 +270,20 @@ def test_parallel_workers(tmp_path, capsys):
     with Store(out) as store:
         runs = store.runs()
     assert len(runs) == 4 and all(r["status"] == "done" for r in runs)
-    assert "2 worker(s)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "2 worker(s)" in err
+    lines = err.splitlines()    # not a terminal: one start and one done line per run
+    starts = [i for i, line in enumerate(lines) if line.startswith("start ")]
+    dones = [i for i, line in enumerate(lines) if "] done " in line]
+    assert len(starts) == len(dones) == 4 and starts[1] < dones[0]  # both in flight at once
+
+
+def test_console_shows_runs_in_flight_and_quiet_shows_nothing(capsys):
+    console = study._Console(total=3, initial=0, name="s", quiet=False)
+    console.running(["a", "b"], "b")
+    console.advance("done a")
+    quiet = study._Console(total=3, initial=0, name="s", quiet=True)
+    quiet.running(["a"], "a")
+    quiet.advance("done a")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0] == "start b" and lines[1].startswith("[1/3] done a; ETA")

@@ -1,4 +1,4 @@
-"""Command-line interface: `xmodal tasks | fit | distance | study ... | report`.
+"""Command-line interface: `xmodal tasks | fit | predict | distance | study ... | report`.
 
 Every user mistake surfaces as one line `xmodal: error: ...` and exit code 2; a run that
 fails (e.g. NaN loss) exits 1.
@@ -24,11 +24,13 @@ FIT_FLAGS = [  # (flag, config key, type, help)
     ("--finetune", "train.finetune", str, "all | layernorm | non-attn | freeze-embedder | "
                                           "freeze-body | predictor-only | lora"),
     ("--seq-len", "embedder.seq_len", int, "target number of tokens for 1D inputs"),
-    ("--max-train", "task.max_train", int, "subsample the training set to N samples"),
-    ("--max-test", "task.max_test", int, "subsample the test (and validation) set to N samples"),
+    ("--max-train", "task.max_train", int, "subsample the training set to N samples (none: all)"),
+    ("--max-test", "task.max_test", int,
+     "subsample the test (and validation) set to N samples (none: all)"),
     ("--device", "run.device", str, "cpu | cuda | auto"),
     ("--out", "run.out", str, "folder for run folders"),
-    ("--data-dir", "task.data_dir", str, "folder with NAS-Bench-360 files"),
+    ("--data-dir", "task.data_dir", str,
+     "folder with NAS-Bench-360 files (none: $XMODAL_DATA_DIR)"),
     ("--proxy", "align.proxy", str, "alignment proxy: none | digits | fakedata | cifar10 | mnist "
                                     "| text | fake-text | npz:PATH"),
     ("--align-epochs", "align.epochs", int, "embedder (alignment) epochs"),
@@ -36,80 +38,160 @@ FIT_FLAGS = [  # (flag, config key, type, help)
 ]
 
 
+BASELINE_FLAGS = ("--seed", "--max-train", "--max-test", "--out", "--data-dir")
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse whose usage mistakes (`--epochs two`) are one line and exit 2, like UserError."""
+    """argparse whose usage mistakes (`--epochs two`) are one line and exit 2, like UserError;
+    its help shows every option's default (options without one say so in their help)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Append `(default: X)` to an option's help, except where there is no default to show."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool) or action.default == []:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _config_default(key: str):
+    from .config import Config, flatten
+    return flatten(Config().to_dict()).get(key)
+
+
+def _shown(value) -> str:
+    return "none" if value is None else str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     parser = _Parser(prog="xmodal", description="Cross-modal fine-tuning (ORCA) "
                      "and the ablation study of arXiv 2403.13537")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("tasks", help="list the tasks").add_argument("--json", action="store_true")
+    parser.add_argument("--version", action="version", version=f"xmodal {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands", help="`xmodal COMMAND --help` for its options")
+    tasks = _command(sub, "tasks", "list the tasks", "List the bundled and NAS-Bench-360 "
+                     "tasks: input shape, output, loss, metric and data source.")
+    tasks.add_argument("--json", action="store_true", help="print the task list as JSON")
     _fit_parser(sub)
     _baseline_parser(sub)
+    _predict_parser(sub)
     _distance_parser(sub)
     _study_parser(sub)
-    rep = sub.add_parser("report", help="figures and report.md / report.html for a study folder")
-    rep.add_argument("dir")
+    rep = _command(sub, "report", "figures and report.md / report.html for a study folder",
+                   "Write DIR/report/: report.md, report.html and one figure per research "
+                   "question, from the study store in DIR.")
+    rep.add_argument("dir", metavar="DIR", help="a study folder (`xmodal study run --out DIR`)")
     return parser
 
 
+def _command(sub, name: str, help_: str, description: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_, description=description)
+
+
 def _fit_parser(sub) -> None:
-    fit = sub.add_parser("fit", help="align (optional) and fine-tune one configuration")
-    fit.add_argument("--config", help="YAML config file")
-    for flag, _key, typ, help_ in FIT_FLAGS:
-        fit.add_argument(flag, type=typ, help=help_)
+    fit = _command(sub, "fit", "align (optional) and fine-tune one configuration",
+                   "Train and evaluate one configuration and write its run folder "
+                   "(--out/<run id>): config.yaml, task.json, metrics.jsonl, summary.json, "
+                   "best.safetensors. Flags override the config file; the defaults shown are "
+                   "the config's. The last line on stdout is a JSON summary.")
+    fit.add_argument("--config", metavar="YAML", help="YAML config file (default: none, "
+                     "the built-in defaults)")
+    for flag, key, typ, help_ in FIT_FLAGS:
+        shown = _shown(_config_default(key))
+        fit.add_argument(flag, type=typ, help=f"{help_} [{key}] (default: {shown})")
     fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any config key (repeatable), e.g. train.warmup_epochs=1")
-    fit.add_argument("--dry-run", action="store_true", help="print the resolved config and the "
-                     "model summary without training")
+    fit.add_argument("--dry-run", action="store_true", help="make every check a run makes "
+                     "(device, data files, body, model), print the resolved config and the "
+                     "model summary, and stop before training")
     fit.add_argument("--force", action="store_true", help="retrain even if the run is complete")
-    fit.add_argument("--quiet", action="store_true", help="no progress bars")
+    fit.add_argument("--quiet", action="store_true", help="no progress bars or log lines: only "
+                     "the final JSON line on stdout (and errors on stderr)")
+
+
+def _predict_parser(sub) -> None:
+    pred = _command(sub, "predict", "predict with a finished run on new data",
+                    "Load RUN_DIR (config.yaml, task.json, best.safetensors), apply the input "
+                    "normalisation the run fitted on its training data, and write PRED.npz with "
+                    "`pred` (class ids, 0/1 per label, or dense values), `proba` (class or "
+                    "per-label probabilities) and `label_names` where the task has them.")
+    pred.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `xmodal fit`")
+    pred.add_argument("--input", required=True, metavar="FILE.npz",
+                      help="npz with `x`: (N, *input shape), channels first, as the task's "
+                           "x_* arrays (a single channel may be left out) [, `y` with --labels]")
+    pred.add_argument("--output", required=True, metavar="PRED.npz",
+                      help="where to write the predictions (replaced atomically)")
+    pred.add_argument("--labels", action="store_true",
+                      help="the input also holds `y`: print the task metric on it")
+    pred.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
+                      help="where to run the model")
+    pred.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _baseline_parser(sub) -> None:
-    base = sub.add_parser("baseline", help="domain baselines (logistic regression, MiniRocket, "
-                          "ridge, mean) on a task, with the same output as fit",
-                          description="Fit the obvious domain methods on the split `xmodal fit` "
-                          "trains on; one run folder and one JSON line per method.")
+    base = _command(sub, "baseline", "domain baselines on a task, with the same output as fit",
+                    "Fit the obvious domain methods (logistic regression on the raw values, "
+                    "MiniRocket for series, ridge and the mean field for dense tasks) on the "
+                    "training split `xmodal fit` uses; one run folder and one JSON line each.")
     base.add_argument("--task", required=True, help="task name (see `xmodal tasks`) or npz:PATH")
     base.add_argument("--method", action="append", default=None,
                       choices=["logreg", "minirocket", "ridge", "mean"],
-                      help="repeatable (default: every method that applies to the task)")
-    base.add_argument("--config", help="YAML config file (its task section is used)")
-    for flag in ("--seed", "--max-train", "--max-test", "--out", "--data-dir"):
+                      help="repeatable (default: every method that applies to the task, "
+                           "except mean where another applies)")
+    base.add_argument("--config", metavar="YAML",
+                      help="YAML config file; its task section is used (default: none)")
+    for flag in BASELINE_FLAGS:
         _flag, key, typ, help_ = next(f for f in FIT_FLAGS if f[0] == flag)
-        base.add_argument(flag, type=typ, help=help_)
+        base.add_argument(flag, type=typ, help=f"{help_} [{key}] "
+                          f"(default: {_shown(_config_default(key))})")
     base.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key (repeatable), e.g. task.validation=carve")
     base.add_argument("--force", action="store_true", help="refit even if the run is complete")
-    base.add_argument("--quiet", action="store_true", help="no status lines")
+    base.add_argument("--quiet", action="store_true", help="only the JSON lines on stdout")
 
 
 def _distance_parser(sub) -> None:
-    dist = sub.add_parser("distance", help="OTDD between two labelled feature sets or tasks")
+    dist = _command(sub, "distance", "OTDD between two labelled feature sets or tasks",
+                    "The optimal-transport dataset distance (OTDD) between a source and a "
+                    "target: labelled feature files, or task / proxy names embedded with a body.")
     dist.add_argument("--source", required=True, help="npz with x (N,d), y (N,), or a task/proxy")
     dist.add_argument("--target", required=True, help="npz with x (N,d) [, y], or a task name")
-    dist.add_argument("--inner", default="sinkhorn", choices=["sinkhorn", "gaussian", "exact"])
-    dist.add_argument("--eps", type=float, default=0.1)
+    dist.add_argument("--inner", default="sinkhorn", choices=["sinkhorn", "gaussian", "exact"],
+                      help="label-to-label distance: entropic OT (sinkhorn), Gaussian "
+                           "approximation (Bures-Wasserstein), or exact OT")
+    dist.add_argument("--eps", type=float, default=0.1, help="entropic regularisation of the "
+                      "Sinkhorn solver")
     dist.add_argument("--body", default="minilm", help="body whose embedding space is used for tasks")
     dist.add_argument("--max-samples", type=int, default=1000, help="per set, for task names")
-    dist.add_argument("--json", action="store_true")
+    dist.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
 def _study_parser(sub) -> None:
-    study = sub.add_parser("study", help="run / inspect ablation studies")
-    ssub = study.add_subparsers(dest="study_command", required=True)
-    ssub.add_parser("list", help="built-in studies")
-    run = ssub.add_parser("run", help="run (or resume) a study")
-    run.add_argument("spec", help="built-in study name or a study YAML file")
-    run.add_argument("--out", required=True)
-    run.add_argument("--tasks", help="comma-separated task names")
-    run.add_argument("--seeds", help="comma-separated seeds")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    study = _command(sub, "study", "run / inspect ablation studies",
+                     "Run a study (a grid of fit configurations) into a SQLite-backed folder, "
+                     "resume it, and inspect or export its results.")
+    ssub = study.add_subparsers(dest="study_command", required=True, metavar="COMMAND",
+                                title="commands",
+                                help="`xmodal study COMMAND --help` for its options")
+    _command(ssub, "list", "built-in studies", "List the built-in study specs.")
+    run = _command(ssub, "run", "run (or resume) a study",
+                   "Run every pending or failed run of a study; re-running the same command "
+                   "resumes it (finished runs are kept).")
+    run.add_argument("spec", metavar="SPEC", help="built-in study name or a study YAML file")
+    run.add_argument("--out", required=True, metavar="DIR", help="the study folder")
+    run.add_argument("--tasks", help="comma-separated task names (default: the spec's)")
+    run.add_argument("--seeds", help="comma-separated seeds (default: the spec's)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key in every run (repeatable)")
     run.add_argument("--workers", type=int, default=None,
                      help="parallel worker processes (default: the spec's `workers`, else 1); "
                           "with --ray: runs in flight at once (default: as many as the cluster "
@@ -123,12 +205,15 @@ def _study_parser(sub) -> None:
     run.add_argument("--ray-gpus", type=float, default=None, metavar="G",
                      help="GPUs per run for CUDA runs, e.g. 1 or 0.5 (default 0: runs see no GPU)")
     run.add_argument("--fresh", action="store_true", help="delete DIR first")
-    run.add_argument("--quiet", action="store_true")
-    st = ssub.add_parser("status", help="counts and failures of a study folder")
-    st.add_argument("dir")
-    ex = ssub.add_parser("export", help="one CSV row per run")
-    ex.add_argument("dir")
-    ex.add_argument("--csv", required=True)
+    run.add_argument("--quiet", action="store_true", help="no progress or summary lines; "
+                     "only failures are reported (on stderr)")
+    st = _command(ssub, "status", "counts and failures of a study folder",
+                  "Runs done / running / pending / failed, and each failure's error.")
+    st.add_argument("dir", metavar="DIR", help="a study folder")
+    ex = _command(ssub, "export", "one CSV row per run",
+                  "Export one CSV row per run: its axes, status and final metrics.")
+    ex.add_argument("dir", metavar="DIR", help="a study folder")
+    ex.add_argument("--csv", required=True, metavar="FILE", help="the CSV file to write")
 
 
 def overrides_from_args(args) -> list[str]:
@@ -158,13 +243,15 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from .config import load_config, to_yaml
+    from .config import load_config
     from .fit import fit
     cfg = load_config(args.config, overrides_from_args(args))
     if args.dry_run:
-        return _dry_run(cfg, to_yaml)
-    result = fit(cfg, progress=not args.quiet, force=args.force,
-                 log=_log_line)
+        return _dry_run(cfg)
+    log = _quiet_log if args.quiet else _log_line
+    result = fit(cfg, progress=not args.quiet, force=args.force, log=log)
+    if result.reused:
+        log(f"run {result.run_dir} is already complete (use --force to retrain)")
     print(json.dumps({"run_dir": str(result.run_dir), "status": result.status,
                       "metric": result.summary.get("metric"),
                       "test_metric": result.summary.get("test_metric_best"),
@@ -179,7 +266,7 @@ def cmd_baseline(args) -> int:
     from .tasks import load_task
     items = [f"{key}={getattr(args, flag.lstrip('-').replace('-', '_'))}"
              for flag, key, _t, _h in FIT_FLAGS
-             if flag in ("--task", "--seed", "--max-train", "--max-test", "--out", "--data-dir")
+             if flag in ("--task", *BASELINE_FLAGS)
              and getattr(args, flag.lstrip("-").replace("-", "_")) is not None]
     cfg = load_config(args.config, items + list(args.set))
     data = load_task(cfg.task)
@@ -205,23 +292,37 @@ def _log_line(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-def _dry_run(cfg, to_yaml) -> int:
-    from .model import apply_finetune_mode, build_model, trainable_summary
-    from .tasks import REGISTRY, _load_plugins
-    print(to_yaml(cfg))
-    _load_plugins()
-    if cfg.task.name in REGISTRY:
-        spec = REGISTRY[cfg.task.name].spec
-    else:
-        from .tasks import load_task
-        spec = load_task(cfg.task).spec
-    model, notes = build_model(spec, cfg)
-    model = apply_finetune_mode(model, cfg.train.finetune, cfg.train.lora_rank)
+def _quiet_log(message: str) -> None:  # noqa: ARG001 - --quiet: no log lines
+    return None
+
+
+def _dry_run(cfg) -> int:
+    """Every pre-training check first (errors print alone), then the config and model summary."""
+    from .config import to_yaml
+    from .fit import preflight
+    from .model import apply_finetune_mode, trainable_summary
+    checked = preflight(cfg)
+    spec = checked.data.spec
+    model = apply_finetune_mode(checked.model, cfg.train.finetune, cfg.train.lora_rank)
     params = trainable_summary(model)
-    print(f"# task {spec.name}: input {spec.input_shape}, {spec.kind}, metric {spec.metric}")
+    print(to_yaml(cfg))
+    print(f"# task {spec.name}: input {spec.input_shape}, {spec.kind}, metric {spec.metric}, "
+          f"sizes {checked.data.sizes()}; device {checked.device}")
     print(f"# embedder: {model.embedder.n_tokens} tokens, grid {model.embedder.grid}; "
-          f"init from body: {', '.join(notes) or 'no'}")
+          f"init from body: {', '.join(checked.notes) or 'no'}")
     print("# parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .predict import predict_command
+    result = predict_command(args.run_dir, args.input, args.output, labels=args.labels,
+                             device=args.device, progress=not args.quiet)
+    if "value" in result:
+        print(f"{result['metric']}: {result['value']!r}")
+    if not args.quiet:
+        print(f"wrote {result['output']}: {result['n']} predictions for task {result['task']}",
+              file=sys.stderr)
     return 0
 
 
@@ -248,8 +349,8 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"tasks": cmd_tasks, "fit": cmd_fit, "baseline": cmd_baseline, "distance": cmd_distance, "study": cmd_study,
-            "report": cmd_report}
+COMMANDS = {"tasks": cmd_tasks, "fit": cmd_fit, "baseline": cmd_baseline, "predict": cmd_predict,
+            "distance": cmd_distance, "study": cmd_study, "report": cmd_report}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -244,8 +244,11 @@ def dense_task_data(spec: TaskSpec, train: tuple, val: tuple, test: tuple,
     s = train[0].shape[-1]
     spec = replace(spec, input_shape=(3, s, s), output_shape=(1, s, s), n_out=1)
     (xtr, ytr), (xva, yva), (xte, yte) = encode(train), encode(val), encode(test)
+    # the same normalisation as one (3, s, s) transform: the grid channels pass through unchanged
+    x_shift = np.concatenate([x_mean[None], np.zeros((2, s, s), np.float32)])[None]
+    x_scale = np.concatenate([x_std[None], np.ones((2, s, s), np.float32)])[None]
     return TaskData(spec, xtr, ytr, xva, yva, xte, yte, y_mean=y_mean[None], y_std=y_std[None],
-                    notes=notes + ["coeff and solution normalised pointwise with train "
+                    x_mean=x_shift, x_std=x_scale, notes=notes + ["coeff and solution normalised pointwise with train "
                                    "mean/std; input channels: coeff, column coordinate, row coordinate"])
 
 

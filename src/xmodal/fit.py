@@ -3,8 +3,9 @@
 Resolve the config, load the task, build embedder + body + predictor, optionally align the
 embedder (stage 2, `align.py`), fine-tune (stage 3, `training.py`), evaluate the best-validation
 and the last weights on the test split, and write the run folder:
-`config.yaml`, `metrics.jsonl`, `summary.json`, `best.safetensors` (and `resume.pt` while the
-run is in progress, so a crashed run continues from its last finished epoch).
+`config.yaml`, `task.json` (what `xmodal predict` needs), `metrics.jsonl`, `summary.json`,
+`best.safetensors` (and `resume.pt` while the run is in progress, so a crashed run continues
+from its last finished epoch). `preflight` holds every check made before training.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from . import artifacts
 from .config import Config, config_hash, from_dict, load_config
 from .metrics import METRIC_LABELS, compute_metric
 from .model import apply_finetune_mode, build_model, trainable_summary
+from .predict import save_task_record
 from .tasks import TaskData, load_task
 from .training import (Trainer, TrainingDiverged, best_model, evaluate, resolve_device,
                        resolve_precision)
@@ -36,6 +38,7 @@ class FitResult:
     status: str            # done | failed
     summary: dict
     history: list
+    reused: bool = False   # True: the run was already complete; fit returned its stored result
 
     @property
     def test_metric(self) -> Optional[float]:
@@ -63,25 +66,25 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, progress: bool =
         force: bool = False, log: Callable[[str], None] = print,
         data: Optional[TaskData] = None, run_dir: Optional[Path] = None) -> FitResult:
     """Train and evaluate one configuration. Re-running a finished run returns its stored
-    result (unless `force`); re-running an interrupted one resumes after its last epoch."""
+    result with `reused=True` (unless `force=True`, which retrains); re-running an interrupted
+    one resumes after its last epoch."""
     cfg = as_config(config)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     run_dir = Path(run_dir or Path(cfg.run.out) / run_id(cfg))
     done = _finished(run_dir)
     if done is not None and not force:
-        log(f"run {run_dir} is already complete (use --force to retrain)")
         return done
+    started = time.time()
+    checked = preflight(cfg, data)
+    device, data, model, init_notes = checked.device, checked.data, checked.model, checked.notes
     if force:
         for name in ("resume.pt", "metrics.jsonl", "summary.json"):
             (run_dir / name).unlink(missing_ok=True)
-    started = time.time()
-    device = resolve_device(cfg.run.device)
-    data = data if data is not None else load_task(cfg.task)
     if cfg.baseline.method != "none":
         return _fit_baseline(cfg, data, run_dir, started, log)
-    model, init_notes = build_model(data.spec, cfg)
     artifacts.write_text(run_dir / "config.yaml", _config_yaml(cfg, device))  # input is valid
+    save_task_record(run_dir, data)
     align_info = _align(model, data, cfg, device, run_dir, progress, log)
     model = apply_finetune_mode(model, cfg.train.finetune, cfg.train.lora_rank)
     params = trainable_summary(model)
@@ -107,13 +110,35 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, progress: bool =
         (run_dir / "resume.pt").unlink(missing_ok=True)
         log(f"run failed: {exc}")
         return FitResult(run_dir, "failed", summary, trainer.state.history)
-    summary = {**base, **_final_eval(model, state, data, cfg, device, run_dir),
+    summary = {**base, **_final_eval(model, state, data, cfg, device, run_dir, progress),
                "status": "done", "seconds": time.time() - started}
     artifacts.write_json(run_dir / "summary.json", summary)
     (run_dir / "resume.pt").unlink(missing_ok=True)
     log(f"{run_dir.name}: test {summary['metric']} = {summary['test_metric_best']:.4f} "
         f"(best val epoch {summary['best_epoch']}); last epoch {summary['test_metric_last']:.4f}")
     return FitResult(run_dir, "done", summary, state.history)
+
+
+@dataclass
+class Preflight:
+    device: torch.device
+    data: TaskData
+    model: Optional[torch.nn.Module]   # None for a domain baseline
+    notes: list            # how the embedder was initialised from the body
+
+
+def preflight(cfg: Config, data: Optional[TaskData] = None) -> Preflight:
+    """Every check a run makes before it trains, each a `UserError`: the device exists, the
+    task's data load and validate (files present, shapes, labels), the body resolves (offline:
+    a hub name must be cached) and the model builds for the task. `fit` and `--dry-run` call it."""
+    device = resolve_device(cfg.run.device)
+    data = data if data is not None else load_task(cfg.task)
+    if cfg.baseline.method != "none":  # a domain baseline builds no network
+        from .baselines import check_method
+        check_method(cfg.baseline.method, data.spec)
+        return Preflight(device, data, None, [])
+    model, notes = build_model(data.spec, cfg)
+    return Preflight(device, data, model, notes)
 
 
 def _finished(run_dir: Path) -> Optional[FitResult]:
@@ -123,7 +148,8 @@ def _finished(run_dir: Path) -> Optional[FitResult]:
     summary = json.loads(path.read_text())
     if summary.get("status") != "done":
         return None
-    return FitResult(run_dir, "done", summary, artifacts.read_jsonl(run_dir / "metrics.jsonl"))
+    return FitResult(run_dir, "done", summary, artifacts.read_jsonl(run_dir / "metrics.jsonl"),
+                     reused=True)
 
 
 def _config_yaml(cfg: Config, device: torch.device) -> str:
@@ -150,10 +176,13 @@ def _align(model, data, cfg: Config, device, run_dir: Path, progress: bool, log)
     return run_alignment(model, data, cfg, device, run_dir, progress=progress, log=log)
 
 
-def _final_eval(model, state, data: TaskData, cfg: Config, device, run_dir: Path) -> dict:
-    last_test, info = evaluate(model, data.x_test, data.y_test, data, cfg, device)
+def _final_eval(model, state, data: TaskData, cfg: Config, device, run_dir: Path,
+                progress: bool) -> dict:
+    last_test, info = evaluate(model, data.x_test, data.y_test, data, cfg, device, progress,
+                               "test (last epoch)")
     best = best_model(model, state)
-    best_test, info_best = evaluate(best, data.x_test, data.y_test, data, cfg, device)
+    best_test, info_best = evaluate(best, data.x_test, data.y_test, data, cfg, device, progress,
+                                    "test (best epoch)")
     if cfg.run.save_checkpoint:
         artifacts.save_safetensors(best.state_dict(), run_dir / "best.safetensors",
                                    {"epoch": state.best_epoch, "config_hash": config_hash(cfg)})

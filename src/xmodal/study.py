@@ -510,6 +510,18 @@ class _Console:
         self.line(f"[{self.count}/{self.total}] {msg}" +
                   (f"; ETA {_fmt_seconds(eta)}" if left and math.isfinite(eta) else ""))
 
+    def running(self, names: list[str], started: Optional[str] = None) -> None:
+        """Show the runs in flight (several workers): in the bar's postfix on a terminal, else
+        one `start` line per run, so something moves before the first run finishes."""
+        if self.quiet:
+            return
+        if self.bar is None:
+            if started is not None:
+                print(f"start {started}", file=sys.stderr, flush=True)
+            return
+        more = f" (+{len(names) - 1} more)" if len(names) > 1 else ""
+        self.bar.set_postfix_str(f"running: {names[0]}{more}" if names else "", refresh=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -639,6 +651,8 @@ def _run_plan(plan: Plan, store: Store, out: Path, workers: int, quiet: bool,
             failed.append((run, result.get("error")))
             msg = f"FAILED {run.describe()}: {result.get('error')}"
         console.advance(msg)
+        if workers > 1:
+            console.running([r.describe() for r in in_flight.values()])
 
     def next_run() -> Optional[PlannedRun]:
         busy_groups = {r.align_group() for r in in_flight.values()} - {None}
@@ -665,6 +679,8 @@ def _run_plan(plan: Plan, store: Store, out: Path, workers: int, quiet: bool,
                     break
                 in_flight[run.id] = run
                 runner.submit(run.id, job(run))
+                if workers > 1:
+                    console.running([r.describe() for r in in_flight.values()], run.describe())
             if in_flight:
                 for run_id, result in runner.wait():
                     finish(run_id, result)
@@ -910,7 +926,8 @@ def cli(args) -> int:
         msg = (f"study finished: {outcome.done}/{outcome.total} runs done, "
                f"{len(outcome.failed)} failed, {_fmt_seconds(outcome.seconds)} "
                f"({outcome.skipped} were already done)")
-        print(msg, file=sys.stderr)
+        if not args.quiet:
+            print(msg, file=sys.stderr)
         for run, err in outcome.failed:
             print(f"  failed: {run.id} {run.describe()}: {err}", file=sys.stderr)
         if outcome.failed:

@@ -56,6 +56,9 @@ class TaskData:
     y_test: np.ndarray
     y_mean: Optional[np.ndarray] = None   # dense targets are normalised; decode before metrics
     y_std: Optional[np.ndarray] = None
+    x_mean: Optional[np.ndarray] = None   # input normalisation fitted on train: (x - mean) / std,
+    x_std: Optional[np.ndarray] = None    # stored in the run folder, applied by `xmodal predict`
+    label_names: Optional[list] = None    # class (or label) names, index = class id
     notes: list = field(default_factory=list)
     augment: Optional[Callable] = None    # torch batch -> batch, train only (e.g. CIFAR crops)
 
@@ -220,6 +223,11 @@ def _validate_targets(y: np.ndarray, spec: TaskSpec, where: str) -> None:
                             f"expected {tuple(spec.output_shape)}")
 
 
+def normalise_x(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The fitted input normalisation `(x - mean) / std` as float32 (mean / std broadcast)."""
+    return ((x - mean) / std).astype(np.float32)
+
+
 def encode_labels(*ys: np.ndarray) -> tuple[list[np.ndarray], list]:
     """Map arbitrary labels (strings, 1-based ints) to 0..K-1 consistently across splits."""
     classes = sorted(set(np.concatenate([np.asarray(y).ravel() for y in ys]).tolist()), key=str)
@@ -336,7 +344,8 @@ def _digits(cfg: TaskConfig) -> TaskData:
     x = (d.images / 16.0).astype(np.float32)[:, None]
     y = d.target.astype(np.int64)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
-    return TaskData(REGISTRY["digits"].spec, xtr, ytr, None, None, xte, yte)
+    return TaskData(REGISTRY["digits"].spec, xtr, ytr, None, None, xte, yte,
+                    label_names=[str(t) for t in d.target_names])
 
 
 UCR = {  # name -> (aeon name, channels, length, classes)
@@ -355,14 +364,15 @@ def _ucr_loader(key: str):
         from aeon.datasets import load_classification
         xtr, ytr = load_classification(aeon_name, split="train")
         xte, yte = load_classification(aeon_name, split="test")
-        (ytr, yte), _ = encode_labels(ytr, yte)
+        (ytr, yte), classes = encode_labels(ytr, yte)
         # split validation first, so the statistics never see validation (or test) samples
         data = split_validation(TaskData(REGISTRY[key].spec, xtr, ytr, None, None, xte, yte), cfg)
         mean = data.x_train.mean(axis=(0, 2), keepdims=True)
         std = data.x_train.std(axis=(0, 2), keepdims=True) + 1e-8
-        norm = lambda a: ((a - mean) / std).astype(np.float32)  # noqa: E731
+        norm = lambda a: normalise_x(a, mean, std)  # noqa: E731
         return replace(data, x_train=norm(data.x_train), x_val=norm(data.x_val),
-                       x_test=norm(data.x_test),
+                       x_test=norm(data.x_test), x_mean=mean, x_std=std,
+                       label_names=[str(c) for c in classes],
                        notes=data.notes + ["channels standardised with train statistics"])
     return load
 
@@ -385,7 +395,7 @@ def _dna(cfg: TaskConfig) -> TaskData:
         arrays[split] = (np.concatenate([xp, xn]),
                          np.concatenate([np.ones(len(xp), np.int64), np.zeros(len(xn), np.int64)]))
     return TaskData(REGISTRY["dna"].spec, *arrays["train"], None, None, *arrays["test"],
-                    notes=["train: janggu sample.fa / sample2.fa; test: *_test.fa"])
+                    label_names=["MafK", "Oct4"], notes=["train: janggu sample.fa / sample2.fa; test: *_test.fa"])
 
 
 def _janggu_resources() -> Path:

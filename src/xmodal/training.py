@@ -109,7 +109,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         from .errors import UserError
-        raise UserError("run.device is 'cuda' but no CUDA device is available; use --device cpu")
+        raise UserError("run.device is 'cuda' but no CUDA device is available; set run.device "
+                        "to cpu or auto (--device cpu)")
     return torch.device(name)
 
 
@@ -137,21 +138,30 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+EVAL_BAR_DELAY = 2.0   # seconds: quick evaluations never show a bar
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: np.ndarray, batch_size: int, device: torch.device,
-            precision: str = "fp32") -> np.ndarray:
-    """Batched forward pass; only one batch lives on the device at a time."""
+            precision: str = "fp32", progress: bool = False,
+            desc: str = "evaluating") -> np.ndarray:
+    """Batched forward pass; only one batch lives on the device at a time. With `progress`, a
+    transient bar on a terminal once the pass has taken EVAL_BAR_DELAY seconds."""
     model.eval()
     outs = []
-    for start in range(0, len(x), batch_size):
+    starts = range(0, len(x), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False, file=sys.stderr,
+                      disable=not (progress and sys.stderr.isatty()), delay=EVAL_BAR_DELAY,
+                      dynamic_ncols=True):
         xb = torch.from_numpy(x[start:start + batch_size]).to(device, non_blocking=True)
         with autocast(device, precision):
             outs.append(model(xb).float().cpu())
     return torch.cat(outs).numpy()
 
 
-def evaluate(model, x, y, data: TaskData, cfg: Config, device) -> tuple[float, dict]:
-    out = predict(model, x, cfg.train.eval_batch_size, device, cfg.run.precision)
+def evaluate(model, x, y, data: TaskData, cfg: Config, device, progress: bool = False,
+             desc: str = "evaluating") -> tuple[float, dict]:
+    out = predict(model, x, cfg.train.eval_batch_size, device, cfg.run.precision, progress, desc)
     if data.spec.kind == "dense":
         out, y = data.decode_y(out), data.decode_y(y)
     return compute_metric(data.spec.metric, out, y)
@@ -224,7 +234,7 @@ class Trainer:
         metric = self.data.spec.metric
         bar = tqdm(total=self.epochs, initial=self.state.epoch, desc="fine-tuning", unit="epoch",
                    file=sys.stderr, disable=not (self.progress and sys.stderr.isatty()),
-                   dynamic_ncols=True)
+                   dynamic_ncols=True, leave=False)  # fit logs one line per epoch instead
         while self.state.epoch < self.epochs:
             epoch = self.state.epoch + 1
             t0 = time.perf_counter()
@@ -232,12 +242,13 @@ class Trainer:
             val = None
             if len(self.data.x_val):
                 val, _ = evaluate(self.model, self.data.x_val, self.data.y_val, self.data,
-                                  self.cfg, self.device)
+                                  self.cfg, self.device, self.progress, "validation")
             record = {"epoch": epoch, "train_loss": train_loss, "val_metric": val,
                       "lr": self._last_lr, "seconds": time.perf_counter() - t0}
             if tc.test_each_epoch:  # for curves only; selection below uses validation
                 record["test_metric"], _ = evaluate(self.model, self.data.x_test, self.data.y_test,
-                                                    self.data, self.cfg, self.device)
+                                                    self.data, self.cfg, self.device,
+                                                    self.progress, "test")
             self._track_best(epoch, val)
             self.state.history.append(record)
             self.state.epoch = epoch
