@@ -4,8 +4,8 @@ Correct where the reference code was not: the schedule never goes below zero, th
 steps once per optimizer step, the loss is divided by the accumulation count, gradients are
 clipped once on the accumulated gradient, model selection uses the validation split, and the
 metric is computed over the whole evaluation set. Training state is snapshotted after an
-epoch when `run.resume_interval` seconds have passed since the last snapshot, and a resumed run
-continues bit-for-bit on CPU.
+epoch when `run.resume_interval` seconds have passed since the last snapshot (tensors and plain
+data only, read back with `weights_only=True`), and a resumed run continues bit-for-bit on CPU.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import copy
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -33,6 +33,13 @@ from .artifacts import atomic_torch_save
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf."""
+
+
+def one_line(exc: BaseException, limit: int = 160) -> str:
+    """`Type: first line of the message`, cut to `limit` characters (for one-line errors)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -132,13 +139,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ resume
     def load_resume(self) -> bool:
+        """Continue from `resume.pt`, read with `weights_only=True` (tensors and plain data
+        only: a crafted file cannot run code). An unreadable snapshot is a `UserError`."""
         if self.resume_path is None or not self.resume_path.is_file():
             return False
-        blob = torch.load(self.resume_path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(blob["model"])
-        self.opt.load_state_dict(blob["optimizer"])
-        self.sched.load_state_dict(blob["scheduler"])
-        self.state = blob["state"]
+        try:
+            blob = torch.load(self.resume_path, map_location=self.device, weights_only=True)
+            self.model.load_state_dict(blob["model"])
+            self.opt.load_state_dict(blob["optimizer"])
+            self.sched.load_state_dict(blob["scheduler"])
+            self.state = TrainState(**blob["state"])
+        except Exception as exc:
+            from .errors import UserError
+            raise UserError(f"run folder file {self.resume_path} cannot be resumed from "
+                            f"({one_line(exc)}); rerun with --force to start this run "
+                            f"over") from None
         return True
 
     def _resume_due(self) -> bool:
@@ -148,8 +163,9 @@ class Trainer:
         if self.resume_path is None:
             return
         self._last_save = time.monotonic()
+        state = {f.name: getattr(self.state, f.name) for f in fields(TrainState)}
         atomic_torch_save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                           "scheduler": self.sched.state_dict(), "state": self.state},
+                           "scheduler": self.sched.state_dict(), "state": state},
                           self.resume_path)
 
     # ------------------------------------------------------------------ loop
