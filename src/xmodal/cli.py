@@ -75,6 +75,8 @@ def _distance_parser(sub) -> None:
     dist.add_argument("--target", required=True, help="npz with x (N,d) [, y], or a task name")
     dist.add_argument("--inner", default="sinkhorn", choices=["sinkhorn", "gaussian", "exact"])
     dist.add_argument("--eps", type=float, default=0.1)
+    dist.add_argument("--max-iter", type=int, default=2000,
+                      help="Sinkhorn iterations per solve at the final eps")
     dist.add_argument("--body", default="minilm", help="body whose embedding space is used for tasks")
     dist.add_argument("--max-samples", type=int, default=1000, help="per set, for task names")
     dist.add_argument("--json", action="store_true")
@@ -180,7 +182,9 @@ def _dry_run(cfg, to_yaml) -> int:
 
 def cmd_distance(args) -> int:
     from .distance import distance_command
-    result = distance_command(args)
+    from .otdd import sinkhorn_notes
+    with sinkhorn_notes(_log_line, "raise --max-iter or --eps"):
+        result = distance_command(args)
     if args.json:
         print(json.dumps(result))
     else:

@@ -10,21 +10,25 @@ run is in progress, so a crashed run continues from its last finished epoch).
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 import yaml
 
 from . import artifacts
-from .config import Config, config_hash, from_dict, load_config
+from .config import Config, check_run_name, config_hash, from_dict, load_config
+from .errors import UserError
 from .metrics import METRIC_LABELS
 from .model import apply_finetune_mode, build_model, trainable_summary
 from .tasks import TaskData, load_task
-from .training import Trainer, TrainingDiverged, best_model, evaluate, resolve_device
+from .otdd import sinkhorn_notes
+from .training import (Trainer, TrainingDiverged, best_model, evaluate, one_line,
+                       resolve_device)
 
 
 @dataclass
@@ -61,22 +65,25 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, progress: bool =
     """Train and evaluate one configuration. Re-running a finished run returns its stored
     result (unless `force`); re-running an interrupted one resumes after its last epoch."""
     cfg = as_config(config)
+    run_dir = check_output_dir(cfg, run_dir)   # before any expensive work
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    run_dir = Path(run_dir or Path(cfg.run.out) / run_id(cfg))
-    done = _finished(run_dir)
-    if done is not None and not force:
-        log(f"run {run_dir} is already complete (use --force to retrain)")
-        return done
     if force:
         for name in ("resume.pt", "metrics.jsonl", "summary.json"):
             (run_dir / name).unlink(missing_ok=True)
+    else:
+        _check_same_config(run_dir, cfg)
+        done = _finished(run_dir)
+        if done is not None:
+            log(f"run {run_dir} is already complete (use --force to retrain)")
+            return done
     started = time.time()
     device = resolve_device(cfg.run.device)
     data = data if data is not None else load_task(cfg.task)
     model, init_notes = build_model(data.spec, cfg)
     artifacts.write_text(run_dir / "config.yaml", _config_yaml(cfg, device))  # input is valid
-    align_info = _align(model, data, cfg, device, run_dir, progress, log)
+    with sinkhorn_notes(log, "raise align.max_iter or align.eps"):
+        align_info = _align(model, data, cfg, device, run_dir, progress, log)
     model = apply_finetune_mode(model, cfg.train.finetune, cfg.train.lora_rank)
     params = trainable_summary(model)
     log(f"{run_dir.name}: task {data.spec.name} {data.sizes()}, body {cfg.body.name}, "
@@ -108,14 +115,69 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, progress: bool =
     return FitResult(run_dir, "done", summary, state.history)
 
 
+def check_output_dir(cfg: Config, run_dir: Optional[Path] = None) -> Path:
+    """The run folder (`run.out` / `run.name`, or `run_dir`), checked before any expensive work:
+    `run.name` is one plain folder name inside `run.out`, and every existing part of the path
+    is a folder this process can write to. Creates nothing; returns the run folder."""
+    check_run_name(cfg.run.name)
+    out = Path(cfg.run.out).expanduser()
+    run_dir = Path(run_dir).expanduser() if run_dir is not None else out / run_id(cfg)
+    for folder in (run_dir, *run_dir.parents):
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            raise UserError(f"output folder '{folder}' exists and is not a folder; pick another "
+                            f"--out (run.out)")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write to output folder '{folder}' (read-only or no "
+                            f"permission); pick another --out (run.out)")
+        return run_dir
+    return run_dir
+
+
+def _check_same_config(run_dir: Path, cfg: Config) -> None:
+    """A run folder holds one configuration: a reused `run.name` with other settings is an
+    error (never the old run's result)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    stored = _read_run_file(path, lambda text: yaml.safe_load(text)["config_hash"])
+    if stored != config_hash(cfg):
+        raise UserError(f"run folder {run_dir} holds a run of another configuration (config "
+                        f"hash {stored}, this one is {config_hash(cfg)}); use --force to "
+                        f"replace it, or pick another run.name")
+
+
+def _read_run_file(path: Path, parse: Callable[[str], Any]) -> Any:
+    """`parse(text of path)`; a damaged file is one `UserError` naming it and `--force`."""
+    try:
+        return parse(path.read_text(encoding="utf-8"))
+    except Exception as exc:
+        raise UserError(f"run folder file {path} is damaged ({one_line(exc)}); rerun with "
+                        f"--force to start this run over") from None
+
+
 def _finished(run_dir: Path) -> Optional[FitResult]:
     path = run_dir / "summary.json"
     if not path.is_file():
         return None
-    summary = json.loads(path.read_text())
+    summary = _read_run_file(path, _json_object)
     if summary.get("status") != "done":
         return None
-    return FitResult(run_dir, "done", summary, artifacts.read_jsonl(run_dir / "metrics.jsonl"))
+    history = _read_run_file(run_dir / "metrics.jsonl", _json_lines) \
+        if (run_dir / "metrics.jsonl").is_file() else []
+    return FitResult(run_dir, "done", summary, history)
+
+
+def _json_object(text: str) -> dict:
+    obj = json.loads(text)
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [_json_object(line) for line in text.splitlines() if line.strip()]
 
 
 def _config_yaml(cfg: Config, device: torch.device) -> str:
