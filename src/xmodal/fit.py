@@ -27,7 +27,7 @@ from .metrics import METRIC_LABELS
 from .model import apply_finetune_mode, build_model, trainable_summary
 from .tasks import TaskData, load_task
 from .otdd import sinkhorn_notes
-from .training import (Trainer, TrainingDiverged, best_model, evaluate, one_line,
+from .training import (Trainer, TrainingDiverged, best_model, evaluate, one_line, read_resume,
                        resolve_device)
 
 
@@ -77,6 +77,7 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, progress: bool =
         if done is not None:
             log(f"run {run_dir} is already complete (use --force to retrain)")
             return done
+    snapshot = read_resume(run_dir / "resume.pt")   # checked before the data are loaded
     started = time.time()
     device = resolve_device(cfg.run.device)
     data = data if data is not None else load_task(cfg.task)
@@ -95,7 +96,7 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, progress: bool =
     trainer = Trainer(model, data, cfg, device, resume_path=run_dir / "resume.pt",
                       on_epoch=lambda rec: _on_epoch(run_dir, trainer, rec, data, log),
                       progress=progress)
-    if trainer.load_resume():
+    if trainer.load_resume(snapshot):
         log(f"resuming {run_dir.name} after epoch {trainer.state.epoch}")
     try:
         state = trainer.run()

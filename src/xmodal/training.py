@@ -35,6 +35,19 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf."""
 
 
+def read_resume(path: Path) -> Optional[dict]:
+    """The snapshot in `path` (None when absent), read with `weights_only=True`: tensors and
+    plain data only, so a crafted file cannot run code. An unreadable one is a `UserError`."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        from .errors import UserError
+        raise UserError(f"run folder file {path} cannot be resumed from ({one_line(exc)}); "
+                        f"rerun with --force to start this run over") from None
+
+
 def one_line(exc: BaseException, limit: int = 160) -> str:
     """`Type: first line of the message`, cut to `limit` characters (for one-line errors)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -138,13 +151,14 @@ class Trainer:
         return lambda t: t * std + mean
 
     # ------------------------------------------------------------------ resume
-    def load_resume(self) -> bool:
-        """Continue from `resume.pt`, read with `weights_only=True` (tensors and plain data
-        only: a crafted file cannot run code). An unreadable snapshot is a `UserError`."""
-        if self.resume_path is None or not self.resume_path.is_file():
+    def load_resume(self, blob: Optional[dict] = None) -> bool:
+        """Continue from `blob` (default: `read_resume(resume_path)`); False when there is no
+        snapshot. A snapshot that does not fit this run is a `UserError`."""
+        if blob is None and self.resume_path is not None:
+            blob = read_resume(self.resume_path)
+        if blob is None:
             return False
         try:
-            blob = torch.load(self.resume_path, map_location=self.device, weights_only=True)
             self.model.load_state_dict(blob["model"])
             self.opt.load_state_dict(blob["optimizer"])
             self.sched.load_state_dict(blob["scheduler"])
