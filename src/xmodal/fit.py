@@ -1,6 +1,8 @@
 """One run end to end: `fit(config) -> FitResult`.
 
-Resolve the config, load the task, build embedder + body + predictor, optionally align the
+Resolve the config, check the run folder before any expensive work (`check_output_dir`; a
+folder of another configuration or with damaged files is an error naming `--force`), load the
+task, build embedder + body + predictor, optionally align the
 embedder (stage 2, `align.py`), fine-tune (stage 3, `training.py`), evaluate the best-validation
 and the last weights on the test split, and write the run folder:
 `config.yaml`, `metrics.jsonl`, `summary.json`, `best.safetensors` (and `resume.pt` while the
@@ -27,8 +29,8 @@ from .metrics import METRIC_LABELS
 from .model import apply_finetune_mode, build_model, trainable_summary
 from .tasks import TaskData, load_task
 from .otdd import sinkhorn_notes
-from .training import (Trainer, TrainingDiverged, best_model, evaluate, one_line, read_resume,
-                       resolve_device)
+from .training import (START_OVER, Trainer, TrainingDiverged, best_model, evaluate, one_line,
+                       read_resume, resolve_device)
 
 
 @dataclass
@@ -118,8 +120,8 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, progress: bool =
 
 def check_output_dir(cfg: Config, run_dir: Optional[Path] = None) -> Path:
     """The run folder (`run.out` / `run.name`, or `run_dir`), checked before any expensive work:
-    `run.name` is one plain folder name inside `run.out`, and every existing part of the path
-    is a folder this process can write to. Creates nothing; returns the run folder."""
+    `run.name` is one plain folder name inside `run.out`, and the deepest existing part of the
+    path is a folder this process can write to. Creates nothing; returns the run folder."""
     check_run_name(cfg.run.name)
     out = Path(cfg.run.out).expanduser()
     run_dir = Path(run_dir).expanduser() if run_dir is not None else out / run_id(cfg)
@@ -132,7 +134,7 @@ def check_output_dir(cfg: Config, run_dir: Optional[Path] = None) -> Path:
         if not os.access(folder, os.W_OK | os.X_OK):
             raise UserError(f"cannot write to output folder '{folder}' (read-only or no "
                             f"permission); pick another --out (run.out)")
-        return run_dir
+        break
     return run_dir
 
 
@@ -154,8 +156,8 @@ def _read_run_file(path: Path, parse: Callable[[str], Any]) -> Any:
     try:
         return parse(path.read_text(encoding="utf-8"))
     except Exception as exc:
-        raise UserError(f"run folder file {path} is damaged ({one_line(exc)}); rerun with "
-                        f"--force to start this run over") from None
+        raise UserError(f"run folder file {path} is damaged ({one_line(exc)}); "
+                        f"{START_OVER}") from None
 
 
 def _finished(run_dir: Path) -> Optional[FitResult]:

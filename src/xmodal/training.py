@@ -35,6 +35,9 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf."""
 
 
+START_OVER = "rerun with --force (or delete the run folder) to start this run over"
+
+
 def read_resume(path: Path) -> Optional[dict]:
     """The snapshot in `path` (None when absent), read with `weights_only=True`: tensors and
     plain data only, so a crafted file cannot run code. An unreadable one is a `UserError`."""
@@ -45,7 +48,7 @@ def read_resume(path: Path) -> Optional[dict]:
     except Exception as exc:
         from .errors import UserError
         raise UserError(f"run folder file {path} cannot be resumed from ({one_line(exc)}); "
-                        f"rerun with --force to start this run over") from None
+                        f"{START_OVER}") from None
 
 
 def one_line(exc: BaseException, limit: int = 160) -> str:
@@ -166,8 +169,7 @@ class Trainer:
         except Exception as exc:
             from .errors import UserError
             raise UserError(f"run folder file {self.resume_path} cannot be resumed from "
-                            f"({one_line(exc)}); rerun with --force to start this run "
-                            f"over") from None
+                            f"({one_line(exc)}); {START_OVER}") from None
         return True
 
     def _resume_due(self) -> bool:
