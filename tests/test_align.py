@@ -222,3 +222,19 @@ def test_outer_and_inner_eps_are_separate_settings():
     assert float(value) == pytest.approx(float(otdd(xs, ys, xt, eps=1.0, inner_eps=0.1)), rel=1e-6)
     other = build_objective("otdd", xs, ys, eps=1.0, inner_eps=1.0)(xt)
     assert abs(float(other) - float(value)) > 1e-3
+
+
+def test_align_max_iter_reaches_the_solver_and_is_reported_once():
+    from xmodal.align import build_objective
+    from xmodal.otdd import sinkhorn_notes
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(30, 5, generator=g, dtype=torch.float64), torch.arange(30) % 3
+    xt = torch.randn(12, 5, generator=g, dtype=torch.float64)
+    notes = []
+    with sinkhorn_notes(notes.append, "raise align.max_iter"):
+        build_objective("otdd", xs, ys, eps=0.1, max_iter=2000)(xt)
+    assert notes == []                                  # the default converges here
+    with sinkhorn_notes(notes.append, "raise align.max_iter"):
+        build_objective("otdd", xs, ys, eps=0.1, max_iter=1)(xt)
+    assert len(notes) == 1 and "stopped at 1 iterations" in notes[0]
+    assert notes[0].endswith("raise align.max_iter")

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from . import artifacts
+from .config import LATE_KEYS
 from .errors import UserError
 from .proxies import proxy_features
 
@@ -54,7 +55,7 @@ def alignment_identity(cfg) -> dict:
                      "split_seed": t.split_seed, "options": t.options},
             "body": dataclasses.asdict(cfg.body), "embedder": dataclasses.asdict(cfg.embedder),
             "align": {k: v for k, v in dataclasses.asdict(cfg.align).items()
-                      if k not in NON_KEY_ALIGN},
+                      if k not in NON_KEY_ALIGN and LATE_KEYS.get(f"align.{k}", object()) != v},
             "seed": cfg.run.seed, "lr": resolved_lr(cfg), "weight_decay": cfg.train.weight_decay}
 
 
@@ -150,7 +151,7 @@ def _train(model, data, cfg, device, folder: Path, progress: bool, log) -> dict:
     a = cfg.align
     started = time.time()
     xs, ys, pinfo = proxy_features(a.proxy, model.body, cfg, device)
-    objective = build_objective(a.objective, xs, ys, a.eps, a.inner_eps)
+    objective = build_objective(a.objective, xs, ys, a.eps, a.inner_eps, a.max_iter)
     labels, tinfo = target_labels(data, cfg)
     groups, weights = class_groups(labels)
     flags = _train_only_embedder(model)
@@ -284,12 +285,12 @@ def class_groups(labels: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
 # ----------------------------------------------------------------------------- objectives
 
 def build_objective(name: str, xs: torch.Tensor, ys: torch.Tensor, eps: float,
-                    inner_eps: float = 0.1):
+                    inner_eps: float = 0.1, max_iter: int = 2000):
     """A callable target-features (m, d) -> scalar, with the source-only terms cached."""
     if name in ("otdd", "otdd-gaussian"):
         from .otdd import OTDD
         inner = "sinkhorn" if name == "otdd" else "gaussian"
-        return OTDD(xs, ys, inner=inner, eps=eps, inner_eps=inner_eps)
+        return OTDD(xs, ys, inner=inner, eps=eps, inner_eps=inner_eps, max_iter=max_iter)
     if name == "mmd":
         return GaussianMMD(xs)
     if name == "l2":

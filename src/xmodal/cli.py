@@ -170,6 +170,8 @@ def _distance_parser(sub) -> None:
                            "approximation (Bures-Wasserstein), or exact OT")
     dist.add_argument("--eps", type=float, default=0.1, help="entropic regularisation of the "
                       "Sinkhorn solver")
+    dist.add_argument("--max-iter", type=int, default=2000,
+                      help="Sinkhorn iterations per solve at the final eps")
     dist.add_argument("--body", default="minilm", help="body whose embedding space is used for tasks")
     dist.add_argument("--max-samples", type=int, default=1000, help="per set, for task names")
     dist.add_argument("--json", action="store_true", help="print the result as one JSON object")
@@ -299,10 +301,15 @@ def _quiet_log(message: str) -> None:  # noqa: ARG001 - --quiet: no log lines
 def _dry_run(cfg) -> int:
     """Every pre-training check first (errors print alone), then the config and model summary."""
     from .config import to_yaml
-    from .fit import preflight
+    from .fit import check_output_dir, preflight
     from .model import apply_finetune_mode, trainable_summary
+    check_output_dir(cfg)
     checked = preflight(cfg)
     spec = checked.data.spec
+    if checked.model is None:   # a domain baseline: no network to summarise
+        print(to_yaml(cfg))
+        print(f"# task {spec.name}: baseline {cfg.baseline.method}, sizes {checked.data.sizes()}")
+        return 0
     model = apply_finetune_mode(checked.model, cfg.train.finetune, cfg.train.lora_rank)
     params = trainable_summary(model)
     print(to_yaml(cfg))
@@ -328,7 +335,9 @@ def cmd_predict(args) -> int:
 
 def cmd_distance(args) -> int:
     from .distance import distance_command
-    result = distance_command(args)
+    from .otdd import sinkhorn_notes
+    with sinkhorn_notes(_log_line, "raise --max-iter or --eps"):
+        result = distance_command(args)
     if args.json:
         print(json.dumps(result))
     else:

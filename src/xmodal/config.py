@@ -71,6 +71,7 @@ class AlignConfig:
     pseudo_labels: int = 10          # k-means clusters for dense / multi-label targets
     eps: float = 0.1                 # outer Sinkhorn entropic regularisation of OTDD
     inner_eps: float = 0.1           # inner (label-to-label) Sinkhorn eps; the issue fixes 0.1
+    max_iter: int = 2000             # Sinkhorn iterations at the final eps (per solve)
     from_epoch: Optional[int] = None  # fine-tune from this embedder epoch (default: last)
     proxy_dir: Optional[str] = None  # folder with cifar10 / mnist / conll files
     cache_dir: Optional[str] = None  # where proxy features and shared embedders are cached
@@ -93,7 +94,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     decay_epochs: Optional[float] = None  # LR reaches 0 here (default: train.epochs), then stays 0
     accumulate: int = 1
-    clip: Optional[float] = 1.0
+    clip: Optional[float] = 1.0      # max gradient norm; 0 or null: no clipping
     finetune: str = "all"
     lora_rank: int = 8
     pos_weight: Optional[float] = None  # multi-label BCE pos_weight (DeepSEA: 4)
@@ -152,7 +153,9 @@ CHOICES = {
 POSITIVE = {"train.embedder_lr_mult": 0, "train.predictor_lr_mult": 0, "train.min_steps": 1, "train.max_epochs": 1, "task.min_val": 1, "train.accumulate": 1, "train.lr": 0,
             "embedder.seq_len": 1, "train.eval_batch_size": 1, "align.maxsamples": 2,
             "align.epochs": 0, "align.n_source": 2, "run.num_workers": 0, "align.eps": 0,
-            "align.inner_eps": 0}
+            "align.inner_eps": 0, "align.max_iter": 1}
+OPTIONAL_MIN = {"train.clip": 0, "run.threads": 1}   # None allowed, else >= the bound
+MAX_YAML_VALUES = 100_000   # values a YAML document may expand to through aliases
 
 
 def _check_type(value: Any, tp: Any, key: str) -> Any:
@@ -212,8 +215,8 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise UserError(f"override '{item}' must look like key=value, e.g. train.lr=1e-4")
     key, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError:
+        value = parse_yaml(raw, f"override '{item}'") if raw != "" else ""
+    except UserError:
         value = raw
     if isinstance(value, str) and _looks_float(raw):
         value = float(raw)
@@ -267,13 +270,67 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file '{path}' does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"config file '{path}' is not valid YAML: {exc}") from None
+    data = parse_yaml(read_text_file(path, "config file"), f"config file '{path}'") or {}
     if not isinstance(data, dict):
         raise UserError(f"config file '{path}' must hold a mapping at the top level")
     return data
+
+
+def read_text_file(path: Path, role: str) -> str:
+    """The UTF-8 text of `path`; an unreadable or non-UTF-8 file is one `UserError`."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{role} '{path}' is not UTF-8 text (bad byte at offset {exc.start}); "
+                        f"save it as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {role} '{path}': {exc.strerror or exc}") from None
+
+
+def parse_yaml(text: str, what: str) -> Any:
+    """`yaml.safe_load` that refuses what would hang or crash later: recursive aliases and
+    documents that expand to more than MAX_YAML_VALUES values through aliases (alias bombs).
+    Every problem is one `UserError` line starting with `what`."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set(), what)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{what} is not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise UserError(f"{what} is nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict, open_: set, what: str) -> int:
+    """Number of values `node` stands for once every alias is expanded (memoised per node)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise UserError(f"{what}: a YAML alias refers to its own anchor (recursive alias)")
+    open_.add(key)
+    children = node.value if isinstance(node.value, list) else []
+    flat = [c for item in children for c in (item if isinstance(item, tuple) else (item,))]
+    size = 1 + sum(_expanded_size(c, sizes, open_, what) for c in flat)
+    open_.discard(key)
+    if size > MAX_YAML_VALUES:
+        raise UserError(f"{what}: YAML aliases expand it to more than {MAX_YAML_VALUES:,} "
+                        f"values (an alias bomb?); write the values out instead")
+    sizes[key] = size
+    return size
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`problem (line L, column C)` of a YAML error, on one line."""
+    problem = getattr(exc, "problem", None) or str(exc)
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return " ".join(f"{problem}{where}".split())
 
 
 def from_dict(data: dict) -> Config:
@@ -305,6 +362,10 @@ def validate(cfg: Config) -> None:
     for key, low in {**POSITIVE, "train.epochs": 0, "train.batch_size": 1}.items():
         if flat[key] is not None and flat[key] < low:
             raise UserError(f"config key '{key}' must be >= {low}; got {flat[key]!r}")
+    for key, low in OPTIONAL_MIN.items():
+        if flat[key] is not None and flat[key] < low:
+            raise UserError(f"config key '{key}' must be >= {low} (or null); got {flat[key]!r}")
+    check_run_name(cfg.run.name)
     if not 0.0 < cfg.task.val_fraction < 1.0:
         raise UserError("config key 'task.val_fraction' must be between 0 and 1")
     if cfg.train.warmup_epochs < 0:
@@ -313,6 +374,16 @@ def validate(cfg: Config) -> None:
     if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
         raise UserError(f"config key 'train.betas' must be two numbers in [0, 1), e.g. [0.9, 0.98]; "
                         f"got {betas!r}")
+
+
+def check_run_name(name: Optional[str]) -> None:
+    """`run.name` is one folder inside `run.out`: no path separators, not `.`/`..`."""
+    if not name:
+        return   # None or "": the default <task>-<body>-<hash>
+    if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0") \
+            or Path(name).is_absolute():
+        raise UserError(f"config key 'run.name' must be a plain folder name inside run.out "
+                        f"(no '/', '\\', '..' or absolute path); got {name!r}")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -330,8 +401,14 @@ NON_IDENTITY_KEYS = ("run.out", "run.name", "run.num_workers", "run.pin_memory",
                      "run.save_checkpoint", "run.resume_interval", "align.cache_dir", "train.eval_batch_size")
 
 
+# Keys added after run ids were first stored: left out of the hash at these (default) values,
+# so existing run folders and study stores keep their ids.
+LATE_KEYS = {"align.max_iter": 2000}
+
+
 def config_hash(cfg: Config, length: int = 10) -> str:
-    flat = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in NON_IDENTITY_KEYS}
+    flat = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in NON_IDENTITY_KEYS
+            and not (k in LATE_KEYS and v == LATE_KEYS[k])}
     if cfg.baseline.method != "none":  # a baseline depends on the task and its seed only
         flat = {k: v for k, v in flat.items() if k.split(".")[0] in ("task", "baseline")
                 or k == "run.seed"}

@@ -30,9 +30,11 @@ PSEUDO_K = 10
 def distance_command(args) -> dict:
     if args.max_samples is not None and args.max_samples < 2:
         raise UserError(f"--max-samples must be >= 2; got {args.max_samples}")
+    if args.max_iter < 1:
+        raise UserError(f"--max-iter must be >= 1; got {args.max_iter}")
     if _is_npz(args.source) and _is_npz(args.target):
         from .otdd import distance_from_npz
-        out = distance_from_npz(args.source, args.target, args.inner, args.eps)
+        out = distance_from_npz(args.source, args.target, args.inner, args.eps, args.max_iter)
         return {"otdd": out.pop("otdd"), "source": args.source, "target": args.target, **out}
     from .bodies import load_body
     from .config import BodyConfig
@@ -44,7 +46,7 @@ def distance_command(args) -> dict:
     if xs.shape[1] != xt.shape[1]:
         raise UserError(f"source and target feature dimensions differ: "
                         f"{xs.shape[1]} vs {xt.shape[1]}")
-    value = _otdd(xs, ys, xt, yt, args.inner, args.eps)
+    value = _otdd(xs, ys, xt, yt, args.inner, args.eps, args.max_iter)
     return {"otdd": value, "source": args.source, "target": args.target, "inner": args.inner,
             "eps": float(args.eps), "n_source": int(len(xs)), "n_target": int(len(xt)),
             "dim": int(xs.shape[1]), "body": args.body, "source_features": sdesc,
@@ -56,10 +58,11 @@ def _n_classes(y) -> int:
     return 1 if y is None else int(len(torch.unique(y)))
 
 
-def _otdd(xs, ys, xt, yt, inner: str, eps: float) -> float:
+def _otdd(xs, ys, xt, yt, inner: str, eps: float, max_iter: int) -> float:
     from .otdd import otdd
     try:
-        return float(otdd(xs.double(), ys, xt.double(), yt, inner=inner, eps=eps))
+        return float(otdd(xs.double(), ys, xt.double(), yt, inner=inner, eps=eps,
+                          max_iter=max_iter))
     except ValueError as exc:
         raise UserError(str(exc)) from None
 

@@ -1,6 +1,8 @@
 """One run end to end: `fit(config) -> FitResult`.
 
-Resolve the config, load the task, build embedder + body + predictor, optionally align the
+Resolve the config, check the run folder before any expensive work (`check_output_dir`; a
+folder of another configuration or with damaged files is an error naming `--force`), load the
+task, build embedder + body + predictor, optionally align the
 embedder (stage 2, `align.py`), fine-tune (stage 3, `training.py`), evaluate the best-validation
 and the last weights on the test split, and write the run folder:
 `config.yaml`, `task.json` (what `xmodal predict` needs), `metrics.jsonl`, `summary.json`,
@@ -13,23 +15,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 import yaml
 
 from . import artifacts
-from .config import Config, config_hash, from_dict, load_config
+from .config import Config, check_run_name, config_hash, from_dict, load_config
+from .errors import UserError
 from .metrics import METRIC_LABELS, compute_metric
 from .model import apply_finetune_mode, build_model, trainable_summary
 from .predict import save_task_record
 from .tasks import TaskData, load_task
-from .training import (Trainer, TrainingDiverged, best_model, evaluate, resolve_device,
-                       resolve_precision)
+from .otdd import sinkhorn_notes
+from .training import (START_OVER, Trainer, TrainingDiverged, best_model, evaluate, one_line,
+                       read_resume, resolve_device, resolve_precision)
 
 
 @dataclass
@@ -69,23 +74,27 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, progress: bool =
     result with `reused=True` (unless `force=True`, which retrains); re-running an interrupted
     one resumes after its last epoch."""
     cfg = as_config(config)
+    run_dir = check_output_dir(cfg, run_dir)   # before any expensive work
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    run_dir = Path(run_dir or Path(cfg.run.out) / run_id(cfg))
-    done = _finished(run_dir)
-    if done is not None and not force:
-        return done
-    started = time.time()
-    checked = preflight(cfg, data)
-    device, data, model, init_notes = checked.device, checked.data, checked.model, checked.notes
     if force:
         for name in ("resume.pt", "metrics.jsonl", "summary.json"):
             (run_dir / name).unlink(missing_ok=True)
+    else:
+        _check_same_config(run_dir, cfg)
+        done = _finished(run_dir)
+        if done is not None:
+            return done
+    snapshot = read_resume(run_dir / "resume.pt")   # checked before the data are loaded
+    started = time.time()
+    checked = preflight(cfg, data)
+    device, data, model, init_notes = checked.device, checked.data, checked.model, checked.notes
     if cfg.baseline.method != "none":
         return _fit_baseline(cfg, data, run_dir, started, log)
     artifacts.write_text(run_dir / "config.yaml", _config_yaml(cfg, device))  # input is valid
     save_task_record(run_dir, data)
-    align_info = _align(model, data, cfg, device, run_dir, progress, log)
+    with sinkhorn_notes(log, "raise align.max_iter or align.eps"):
+        align_info = _align(model, data, cfg, device, run_dir, progress, log)
     model = apply_finetune_mode(model, cfg.train.finetune, cfg.train.lora_rank)
     params = trainable_summary(model)
     log(f"{run_dir.name}: task {data.spec.name} {data.sizes()}, body {cfg.body.name}, "
@@ -99,7 +108,7 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, progress: bool =
                       on_epoch=lambda rec: _on_epoch(run_dir, trainer, rec, data, log),
                       progress=progress)
     base["budget"] = dataclasses.asdict(trainer.budget)
-    if trainer.load_resume():
+    if trainer.load_resume(snapshot):
         log(f"resuming {run_dir.name} after epoch {trainer.state.epoch}")
     try:
         state = trainer.run()
@@ -141,15 +150,69 @@ def preflight(cfg: Config, data: Optional[TaskData] = None) -> Preflight:
     return Preflight(device, data, model, notes)
 
 
+def check_output_dir(cfg: Config, run_dir: Optional[Path] = None) -> Path:
+    """The run folder (`run.out` / `run.name`, or `run_dir`), checked before any expensive work:
+    `run.name` is one plain folder name inside `run.out`, and the deepest existing part of the
+    path is a folder this process can write to. Creates nothing; returns the run folder."""
+    check_run_name(cfg.run.name)
+    out = Path(cfg.run.out).expanduser()
+    run_dir = Path(run_dir).expanduser() if run_dir is not None else out / run_id(cfg)
+    for folder in (run_dir, *run_dir.parents):
+        if not folder.exists():
+            continue
+        if not folder.is_dir():
+            raise UserError(f"output folder '{folder}' exists and is not a folder; pick another "
+                            f"--out (run.out)")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write to output folder '{folder}' (read-only or no "
+                            f"permission); pick another --out (run.out)")
+        break
+    return run_dir
+
+
+def _check_same_config(run_dir: Path, cfg: Config) -> None:
+    """A run folder holds one configuration: a reused `run.name` with other settings is an
+    error (never the old run's result)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    stored = _read_run_file(path, lambda text: yaml.safe_load(text)["config_hash"])
+    if stored != config_hash(cfg):
+        raise UserError(f"run folder {run_dir} holds a run of another configuration (config "
+                        f"hash {stored}, this one is {config_hash(cfg)}); use --force to "
+                        f"replace it, or pick another run.name")
+
+
+def _read_run_file(path: Path, parse: Callable[[str], Any]) -> Any:
+    """`parse(text of path)`; a damaged file is one `UserError` naming it and `--force`."""
+    try:
+        return parse(path.read_text(encoding="utf-8"))
+    except Exception as exc:
+        raise UserError(f"run folder file {path} is damaged ({one_line(exc)}); "
+                        f"{START_OVER}") from None
+
+
 def _finished(run_dir: Path) -> Optional[FitResult]:
     path = run_dir / "summary.json"
     if not path.is_file():
         return None
-    summary = json.loads(path.read_text())
+    summary = _read_run_file(path, _json_object)
     if summary.get("status") != "done":
         return None
-    return FitResult(run_dir, "done", summary, artifacts.read_jsonl(run_dir / "metrics.jsonl"),
-                     reused=True)
+    history = _read_run_file(run_dir / "metrics.jsonl", _json_lines) \
+        if (run_dir / "metrics.jsonl").is_file() else []
+    return FitResult(run_dir, "done", summary, history, reused=True)
+
+
+def _json_object(text: str) -> dict:
+    obj = json.loads(text)
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _json_lines(text: str) -> list[dict]:
+    return [_json_object(line) for line in text.splitlines() if line.strip()]
 
 
 def _config_yaml(cfg: Config, device: torch.device) -> str:

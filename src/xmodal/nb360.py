@@ -4,14 +4,14 @@ Owns the loaders `cifar100`, `cifar10`, `ninapro`, `darcy-nb360`, `satellite`, `
 `ecg`, the CIFAR reader `read_cifar10` used by the alignment proxy, and the CIFAR training
 augmentation. Files are looked up in `task.data_dir` (`--data-dir`), else in $XMODAL_DATA_DIR;
 nothing is downloaded. Every format problem becomes one `UserError` naming the file and what it
-must hold. Pickled files (CIFAR batches, satellite, ECG) are only ever read from that folder:
-unpickling runs code, so it must hold files the user obtained from the official sources.
+must hold. Pickled files (CIFAR batches, satellite, ECG) are read with the restricted
+unpickler of `safe_pickle.py`: NumPy arrays, dicts, lists, strings and numbers only, so a
+crafted file is refused instead of running code.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -75,27 +75,15 @@ def bad_file(path: Path, expectation: str, found: str = "") -> UserError:
 
 
 def _load_npy(path: Path, pickled: bool = False):
-    """Plain arrays are memory-mapped; object arrays and pickled dicts (which only come from the
-    user's own data folder) are unpickled."""
-    try:
-        if not pickled:
-            try:
-                return np.load(path, mmap_mode="r", allow_pickle=False)
-            except ValueError as exc:
-                if "allow_pickle" not in str(exc):
-                    raise
-        return np.load(path, allow_pickle=True)
-    except Exception as exc:
-        raise bad_file(path, "a NumPy .npy file" + (" holding a pickled dict" if pickled else ""),
-                       f"an unreadable file ({exc})") from None
+    """Plain arrays are memory-mapped; object arrays and pickled dicts go through the
+    restricted unpickler (`safe_pickle`), which runs no code from the file."""
+    from .safe_pickle import load_npy
+    return load_npy(path)
 
 
 def _load_pickle(path: Path, encoding: str = "ASCII"):
-    try:
-        with open(path, "rb") as fh:
-            return pickle.load(fh, encoding=encoding)
-    except Exception as exc:
-        raise bad_file(path, "a Python pickle", f"an unreadable file ({exc})") from None
+    from .safe_pickle import load_pickle
+    return load_pickle(path, encoding)
 
 
 def _int_labels(y, path: Path, what: str, low: int, high: int) -> np.ndarray:

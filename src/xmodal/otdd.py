@@ -28,9 +28,11 @@ translation invariant; this keeps float32 round-off small).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -156,9 +158,36 @@ def _marginal_err(loga: Tensor, f_old: Tensor, f_new: Tensor, eps: float) -> Ten
     return (torch.exp(loga) - r).abs().sum(-1)
 
 
+class SinkhornNotConverged(RuntimeWarning):
+    """A Sinkhorn solve stopped at ``max_iter`` with marginal error ``err`` > ``tol``."""
+
+    def __init__(self, err: float, tol: float, iterations: int):
+        super().__init__(f"Sinkhorn stopped after {iterations} iterations with marginal error "
+                         f"{err:.2e} > tol {tol:.1e}; raise max_iter or eps")
+        self.err, self.tol, self.iterations = err, tol, iterations
+
+
 def _warn_unconverged(err: float, tol: float, it: int) -> None:
-    warnings.warn(f"Sinkhorn stopped after {it} iterations with marginal error {err:.2e} "
-                  f"> tol {tol:.1e}; raise max_iter or eps", RuntimeWarning, stacklevel=5)
+    warnings.warn(SinkhornNotConverged(err, tol, it), stacklevel=5)
+
+
+@contextlib.contextmanager
+def sinkhorn_notes(log: Callable[[str], None], advice: str):
+    """Within the block, `SinkhornNotConverged` warnings are gathered and reported as ONE
+    `log` line at its end (how many solves, the worst error, then `advice`); other warnings
+    pass through unchanged."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SinkhornNotConverged)
+        yield
+    hits = [w.message for w in caught if isinstance(w.message, SinkhornNotConverged)]
+    for w in caught:
+        if not isinstance(w.message, SinkhornNotConverged):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if hits:
+        worst = max(hits, key=lambda h: h.err)
+        log(f"note: {len(hits)} Sinkhorn solve(s) stopped at {worst.iterations} iterations "
+            f"before converging (worst marginal error {worst.err:.2e} > tol {worst.tol:.1e}); "
+            f"the values are approximate: {advice}")
 
 
 def _plan_kernel(C: Tensor, f: Tensor, g: Tensor, loga: Tensor, logb: Tensor,
@@ -774,7 +803,7 @@ def otdd_direct(x_src: Tensor, y_src: Tensor, x_tgt: Tensor, y_tgt: Tensor | Non
 
 
 def distance_from_npz(source_path, target_path, inner: str = "sinkhorn",
-                      eps: float = 0.1) -> dict:
+                      eps: float = 0.1, max_iter: int = 2000) -> dict:
     """OTDD between two .npz files holding ``x`` (N, d) and ``y`` (N,) int (``y`` optional in
     the target: one class). Bad input raises :class:`xmodal.errors.UserError`."""
     from xmodal.errors import UserError
@@ -789,7 +818,8 @@ def distance_from_npz(source_path, target_path, inner: str = "sinkhorn",
     try:
         tx = torch.as_tensor(xt, dtype=torch.float64)
         value = otdd(torch.as_tensor(xs, dtype=torch.float64), torch.as_tensor(ys),
-                     tx, None if yt is None else torch.as_tensor(yt), inner=inner, eps=eps)
+                     tx, None if yt is None else torch.as_tensor(yt), inner=inner, eps=eps,
+                     max_iter=max_iter)
     except ValueError as e:
         raise UserError(str(e)) from None
     return {"otdd": float(value), "n_source": int(xs.shape[0]), "n_target": int(xt.shape[0]),

@@ -814,6 +814,7 @@ def build_sections(folder: Path, out: Path) -> tuple[list[Section], dict]:
 def write_report(folder: str | Path) -> Path:
     """Write DIR/report/{report.md, report.html, *.png}; returns the path of report.md."""
     folder = Path(folder)
+    Store(folder).close()   # a missing or damaged store fails before anything is written
     out = folder / "report"
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):

@@ -192,6 +192,33 @@ def _num(value) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
+def has_sqlite_header(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(16) == b"SQLite format 3\x00"
+
+
+def is_store(path: str | Path) -> bool:
+    """Whether `path` is an xmodal study database: an SQLite file with our `meta` table and a
+    schema version. Reads only; never raises for a damaged or foreign file."""
+    path = Path(path)
+    if not path.is_file() or not has_sqlite_header(path):
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return row is not None
+
+
+def _damaged(path: Path) -> str:
+    return (f"study database {path} is damaged or not an xmodal store; restore it from a copy, "
+            f"or move it away and rerun the study into a new --out")
+
+
 class Store:
     """Access to one study database. Cheap to open; open one per process."""
 
@@ -202,10 +229,22 @@ class Store:
         if not path.is_file() and not create:
             raise UserError(f"'{path.parent}' is not a study folder (no {DB_NAME}); "
                             f"run `xmodal study run SPEC --out {path.parent}` first")
+        if path.is_file() and path.stat().st_size and not has_sqlite_header(path):
+            raise UserError(f"{_damaged(path)} (it is not an SQLite file)")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.root = path.parent
         self.conn = sqlite3.connect(str(path), timeout=60.0)
+        try:
+            self._open(create)
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise UserError(f"{_damaged(path)} ({exc})") from None
+        except UserError:
+            self.conn.close()
+            raise
+
+    def _open(self, create: bool) -> None:
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA busy_timeout = 60000")
         self.conn.execute("PRAGMA journal_mode = WAL")
@@ -213,8 +252,11 @@ class Store:
         self.conn.execute("PRAGMA foreign_keys = ON")
         existed = self._has_table("meta")
         if not existed and not create:
-            self.conn.close()
-            raise UserError(f"'{path}' is not an xmodal study database")
+            raise UserError(f"'{self.path}' is not an xmodal study database")
+        if existed:
+            problem = self.conn.execute("PRAGMA quick_check").fetchone()[0]
+            if problem != "ok":
+                raise sqlite3.DatabaseError(problem)
         self.conn.executescript(SCHEMA)
         self._check_schema(create)
 

@@ -32,11 +32,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-import yaml
-
-from .config import Config, config_hash, flatten, from_dict, parse_override, set_dotted
+from .config import (Config, config_hash, flatten, from_dict, parse_override, parse_yaml,
+                     read_text_file, set_dotted)
 from .errors import UserError
-from .store import DB_NAME, Store, process_token
+from .store import DB_NAME, Store, is_store, process_token
 
 EXPERIMENTS = ("proxy", "align-epochs", "freezing", "pretraining", "custom")
 SPEC_KEYS = {"name", "description", "experiment", "base", "tasks", "seeds", "axes", "variants",
@@ -65,10 +64,7 @@ def load_spec(name_or_path: str | Path | dict) -> dict:
         origin = "<dict>"
     else:
         text, origin = _spec_text(str(name_or_path))
-        try:
-            spec = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"study spec '{origin}' is not valid YAML: {exc}") from None
+        spec = parse_yaml(text, f"study spec '{origin}'") or {}
     if not isinstance(spec, dict):
         raise UserError(f"study spec '{origin}' must hold a mapping at the top level")
     validate_spec(spec, origin)
@@ -78,7 +74,7 @@ def load_spec(name_or_path: str | Path | dict) -> dict:
 def _spec_text(arg: str) -> tuple[str, str]:
     path = Path(arg).expanduser()
     if path.is_file():
-        return path.read_text(), str(path)
+        return read_text_file(path, "study spec"), str(path)
     names = builtin_names()
     if arg in names:
         return (builtin_dir() / f"{arg}.yaml").read_text(), f"built-in '{arg}'"
@@ -536,8 +532,12 @@ def prepare_dir(out: Path, fresh: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' exists and is not a folder")
     if fresh and out.exists():
-        is_study = (out / DB_NAME).is_file()
-        if not is_study and any(out.iterdir()):
+        db = out / DB_NAME
+        if db.exists() and not is_store(db):
+            raise UserError(f"--fresh would delete '{out}', but its {DB_NAME} is not a readable "
+                            f"xmodal study database; delete the folder yourself or pick another "
+                            f"--out")
+        if not db.exists() and any(out.iterdir()):
             raise UserError(f"--fresh would delete '{out}', which is not a study folder "
                             f"(no {DB_NAME}); delete it yourself or pick another --out")
         shutil.rmtree(out)

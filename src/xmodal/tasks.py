@@ -260,6 +260,8 @@ def load_npz_task(path: str, kind: str = "auto", layout: str = "auto") -> TaskDa
         raise UserError(f"'{path}': give both x_val and y_val, or neither")
     splits = ["train", "test"] + (["val"] if "x_val" in arrays else [])
     for s in splits:
+        if len(arrays[f"x_{s}"]) == 0:
+            raise UserError(f"'{path}': x_{s} has no samples; every split needs at least one")
         if len(arrays[f"x_{s}"]) != len(arrays[f"y_{s}"]):
             raise UserError(f"'{path}': x_{s} has {len(arrays[f'x_{s}'])} rows but y_{s} has "
                             f"{len(arrays[f'y_{s}'])}")
@@ -298,6 +300,21 @@ def _infer_kind(y: np.ndarray, x: np.ndarray, path: str) -> str:
                     f"float with the input's spatial shape = dense; or set task.kind")
 
 
+def _check_classes(ys: dict, path: str) -> None:
+    """Training needs two classes or more, and every evaluation label must be a training class
+    (a model cannot predict a class it never saw)."""
+    known = np.unique(ys["train"])
+    if len(known) < 2:
+        raise UserError(f"'{path}': y_train holds only class {known[0]}; classification needs "
+                        f"at least two classes")
+    for s, y in ys.items():
+        unseen = np.setdiff1d(np.unique(y), known)
+        if len(unseen):
+            shown = ", ".join(map(str, unseen[:5])) + (" ..." if len(unseen) > 5 else "")
+            raise UserError(f"'{path}': y_{s} holds class(es) {shown} that never occur in "
+                            f"y_train; give training samples of every class")
+
+
 def _npz_spec(name: str, x: np.ndarray, ys: dict, kind: str, path: str):
     modality = "1d" if x.ndim == 3 else "2d"
     if kind == "classification":
@@ -309,6 +326,7 @@ def _npz_spec(name: str, x: np.ndarray, ys: dict, kind: str, path: str):
             if (y < 0).any():
                 raise UserError(f"'{path}': y_{s} holds negative class labels; labels must be 0..K-1")
         ys = {s: y.astype(np.int64) for s, y in ys.items()}
+        _check_classes(ys, path)
         n_out = int(max(int(y.max()) for y in ys.values())) + 1
         out_shape = ()
     elif kind == "multilabel":

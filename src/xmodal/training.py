@@ -4,8 +4,8 @@ Correct where the reference code was not: the schedule never goes below zero, th
 steps once per optimizer step, the loss is divided by the accumulation count, gradients are
 clipped once on the accumulated gradient, model selection uses the validation split, and the
 metric is computed over the whole evaluation set. Training state is snapshotted after an
-epoch when `run.resume_interval` seconds have passed since the last snapshot, and a resumed run
-continues bit-for-bit on CPU.
+epoch when `run.resume_interval` seconds have passed since the last snapshot (tensors and plain
+data only, read back with `weights_only=True`), and a resumed run continues bit-for-bit on CPU.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import copy
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -46,6 +46,29 @@ def param_groups(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> list[di
             groups[part if part in mults else "body"].append(p)
     return [{"params": ps, "lr": lr * mults.get(part, 1.0), "name": part}
             for part, ps in groups.items() if ps]
+
+
+START_OVER = "rerun with --force (or delete the run folder) to start this run over"
+
+
+def read_resume(path: Path) -> Optional[dict]:
+    """The snapshot in `path` (None when absent), read with `weights_only=True`: tensors and
+    plain data only, so a crafted file cannot run code. An unreadable one is a `UserError`."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        from .errors import UserError
+        raise UserError(f"run folder file {path} cannot be resumed from ({one_line(exc)}); "
+                        f"{START_OVER}") from None
+
+
+def one_line(exc: BaseException, limit: int = 160) -> str:
+    """`Type: first line of the message`, cut to `limit` characters (for one-line errors)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -207,14 +230,22 @@ class Trainer:
         return lambda t: t * std + mean
 
     # ------------------------------------------------------------------ resume
-    def load_resume(self) -> bool:
-        if self.resume_path is None or not self.resume_path.is_file():
+    def load_resume(self, blob: Optional[dict] = None) -> bool:
+        """Continue from `blob` (default: `read_resume(resume_path)`); False when there is no
+        snapshot. A snapshot that does not fit this run is a `UserError`."""
+        if blob is None and self.resume_path is not None:
+            blob = read_resume(self.resume_path)
+        if blob is None:
             return False
-        blob = torch.load(self.resume_path, map_location=self.device, weights_only=False)
-        self.model.load_state_dict(blob["model"])
-        self.opt.load_state_dict(blob["optimizer"])
-        self.sched.load_state_dict(blob["scheduler"])
-        self.state = blob["state"]
+        try:
+            self.model.load_state_dict(blob["model"])
+            self.opt.load_state_dict(blob["optimizer"])
+            self.sched.load_state_dict(blob["scheduler"])
+            self.state = TrainState(**blob["state"])
+        except Exception as exc:
+            from .errors import UserError
+            raise UserError(f"run folder file {self.resume_path} cannot be resumed from "
+                            f"({one_line(exc)}); {START_OVER}") from None
         return True
 
     def _resume_due(self) -> bool:
@@ -224,8 +255,9 @@ class Trainer:
         if self.resume_path is None:
             return
         self._last_save = time.monotonic()
+        state = {f.name: getattr(self.state, f.name) for f in fields(TrainState)}
         atomic_torch_save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
-                           "scheduler": self.sched.state_dict(), "state": self.state},
+                           "scheduler": self.sched.state_dict(), "state": state},
                           self.resume_path)
 
     # ------------------------------------------------------------------ loop
