@@ -56,7 +56,7 @@ class EmbedderConfig:
     init_from_body: bool = True      # copy position embeddings / LayerNorm / patch filters
     patch: Optional[int] = None      # 2D patch size override
     conv_init: str = "orca"          # orca (xavier, gain sqrt 2, bias 0) | torch | trunc-normal
-    norm_order: str = "pre-pos"      # pre-pos: LN(patches) + pos (ORCA) | post-pos: LN(patches + pos)
+    norm_order: str = "post-pos"     # post-pos: LN(patches + pos) | pre-pos: LN(patches) + pos (ORCA)
 
 
 @dataclass

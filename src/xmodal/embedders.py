@@ -9,9 +9,12 @@ independent of whether the alignment stage runs.
 Two choices are settings because they change what a model learns (docs/benchmarks.md measures
 them): `conv_init` (`orca`: xavier_uniform with gain sqrt(2) and zero bias, as ORCA; `torch`:
 PyTorch's default, whose bias dwarfs small-fan-in signals; `trunc-normal`: std 0.02 and zero
-bias, ORCA's re-draw for the paper's naive baseline) and `norm_order` (`pre-pos`:
-LayerNorm(patches) + positions, as ORCA; `post-pos`: LayerNorm(patches + positions), as BERT's
-own embedding). Swin bodies always normalise first.
+bias, ORCA's re-draw for the paper's naive baseline) and `norm_order` (`post-pos`, the default:
+LayerNorm(patches + positions), as BERT's own embedding; `pre-pos`: LayerNorm(patches) +
+positions, as ORCA). With a zero conv bias and patches of few values (a 1-channel series, an
+8x8 image), the conv output spans a few dimensions and LayerNorm(patches) keeps only its
+direction: the amplitude of the signal is lost. Adding the positions first keeps it. Swin
+bodies always normalise first.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ class Embedder(nn.Module):
     """Patch projection -> LayerNorm -> + position embeddings. `forward(x) -> (tokens, grid)`."""
 
     def __init__(self, input_shape: tuple, body: Body, seq_len: int, patch: int | None = None,
-                 conv_init: str = "orca", norm_order: str = "pre-pos"):
+                 conv_init: str = "orca", norm_order: str = "post-pos"):
         super().__init__()
         dim = body.info.in_dim
         self.input_shape = tuple(input_shape)
