@@ -424,7 +424,7 @@ def test_fit_help_shows_the_config_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["fit", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "[train.epochs] (default: 3)" in text and "[body.name] (default: minilm)" in text
+    assert "[train.epochs] (default: automatic)" in text and "[body.name] (default: minilm)" in text
 
 
 def test_version_and_missing_subcommand(capsys):

@@ -67,8 +67,13 @@ def _config_default(key: str):
     return flatten(Config().to_dict()).get(key)
 
 
-def _shown(value) -> str:
-    return "none" if value is None else str(value)
+AUTOMATIC = ("train.epochs", "train.batch_size")   # None: sized to the training set
+
+
+def _shown(value, key: str = "") -> str:
+    if value is None:
+        return "automatic" if key in AUTOMATIC else "none"
+    return str(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +111,7 @@ def _fit_parser(sub) -> None:
     fit.add_argument("--config", metavar="YAML", help="YAML config file (default: none, "
                      "the built-in defaults)")
     for flag, key, typ, help_ in FIT_FLAGS:
-        shown = _shown(_config_default(key))
+        shown = _shown(_config_default(key), key)
         fit.add_argument(flag, type=typ, help=f"{help_} [{key}] (default: {shown})")
     fit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="override any config key (repeatable), e.g. train.warmup_epochs=1")
@@ -152,7 +157,7 @@ def _baseline_parser(sub) -> None:
     for flag in BASELINE_FLAGS:
         _flag, key, typ, help_ = next(f for f in FIT_FLAGS if f[0] == flag)
         base.add_argument(flag, type=typ, help=f"{help_} [{key}] "
-                          f"(default: {_shown(_config_default(key))})")
+                          f"(default: {_shown(_config_default(key), key)})")
     base.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key (repeatable), e.g. task.validation=carve")
     base.add_argument("--force", action="store_true", help="refit even if the run is complete")

@@ -124,6 +124,7 @@ def load_task(cfg: TaskConfig) -> TaskData:
 def prepare(data: TaskData, cfg: TaskConfig) -> TaskData:
     if data.x_val is None:
         data = split_validation(data, cfg)
+    validate(data)   # the whole data set: a NaN is an error even where subsampling drops it
     rng = np.random.default_rng(cfg.split_seed + 1)
     if cfg.max_train is not None and cfg.max_train < len(data.x_train):
         idx = np.sort(rng.choice(len(data.x_train), cfg.max_train, replace=False))
@@ -133,7 +134,6 @@ def prepare(data: TaskData, cfg: TaskConfig) -> TaskData:
         data = replace(data, x_test=data.x_test[idx], y_test=data.y_test[idx])
         vdx = np.sort(rng.choice(len(data.x_val), min(cfg.max_test, len(data.x_val)), replace=False))
         data = replace(data, x_val=data.x_val[vdx], y_val=data.y_val[vdx])
-    validate(data)
     return data
 
 
