@@ -3,8 +3,9 @@
 import pytest
 
 from xmodal.errors import UserError
-from xmodal.report import Stat, compare, spearman, write_report
-from xmodal.store import Store
+from xmodal.study.report import write_report
+from xmodal.study.stats import Stat, compare, spearman
+from xmodal.study.store import Store
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -181,7 +182,7 @@ def test_report_needs_finished_runs(tmp_path):
 
 
 def test_run_shared_by_two_studies_counts_once_per_part(tmp_path):
-    from xmodal.report import load_parts
+    from xmodal.study.report.data import load_parts
     store = Store(tmp_path, create=True)
     run = {"id": "r1", "task": "t", "seed": 0, "config": _config("t", 0), "axes": {},
            "run_dir": "runs/r1", "members": [("proxy", "proxy", {"label": "naive"})]}

@@ -16,7 +16,7 @@ from xmodal import study
 from xmodal.cli import main
 from xmodal.config import config_hash
 from xmodal.errors import UserError
-from xmodal.store import Store
+from xmodal.study.store import Store
 
 TINY = {"task": {"max_train": 40, "max_test": 40},
         "body": {"num_layers": 1},
@@ -209,7 +209,7 @@ def test_alignment_is_shared_and_traced(tmp_path):
 
 
 def study_report(out):
-    from xmodal.report import write_report
+    from xmodal.study.report import write_report
     return write_report(out)
 
 

@@ -195,7 +195,7 @@ def cmd_study(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .study.report import write_report
     path = write_report(args.dir)
     print(f"report written to {path}")
     return 0
