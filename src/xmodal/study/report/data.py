@@ -22,6 +22,14 @@ EXPERIMENT_TITLES = {
     "pretraining": "RQ4: how much does the body's pre-training matter?",
     "custom": "Custom study",
 }
+# The ablation paper's findings (arXiv 2403.13537), for the side-by-side that ends each section.
+PAPER_FINDINGS = {
+    "proxy": "The choice of proxy dataset does not matter; embedder training does not help 2D "
+             "tasks and helps 1D tasks somewhat.",
+    "align-epochs": "Lower OTDD does not mean lower error; more embedder training can hurt.",
+    "freezing": "Fine-tuning the body is what matters.",
+    "pretraining": "Satellite needs no pre-training.",
+}
 
 
 @dataclass
@@ -101,8 +109,12 @@ def group(runs: list[RunView], key) -> dict:
 
 
 def stat_of(runs: list[RunView], attr: str = "test") -> Stat:
-    vals = [getattr(r, attr) if attr == "test" else (r.final or {}).get(attr) for r in runs]
-    return Stat([float(v) for v in vals if v is not None and math.isfinite(float(v))])
+    """The finite values of `attr` (default: test metric at the best validation epoch) over the
+    runs, with their seeds (for tests paired by seed)."""
+    vals = [(getattr(r, attr) if attr == "test" else (r.final or {}).get(attr), r.seed)
+            for r in runs]
+    kept = [(float(v), s) for v, s in vals if v is not None and math.isfinite(float(v))]
+    return Stat([v for v, _ in kept], [s for _, s in kept])
 
 
 def curve(runs: list[RunView], field_: str = "val_metric"):
@@ -135,3 +147,9 @@ class Section:
     title: str
     # ("p", text) | ("table", head, rows) | ("img", path, alt) | ("ul", items)
     blocks: list = field(default_factory=list)
+
+
+def paper_vs_ours(experiment: str, ours: list) -> tuple:
+    """The side-by-side table that ends a section: the paper's finding and ours."""
+    return ("table", ["", "finding"], [["paper (arXiv 2403.13537)", PAPER_FINDINGS[experiment]],
+                                       ["this study", " ".join(ours) or "nothing to compare yet"]])

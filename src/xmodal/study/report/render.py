@@ -76,7 +76,8 @@ def _header(folder: Path, meta: dict) -> list:
     blocks.append(("p", "Curves show the test metric per fine-tuning epoch where the runs "
                         "recorded it (train.test_each_epoch), else the validation metric; each "
                         "figure's axis says which. Model selection uses validation only; tables "
-                        "and sentences use the test metric of the best-validation weights. " + RULE))
+                        "and sentences use the test metric of the best-validation weights. "
+                        + RULE))
     if meta["failed"]:
         blocks.append(("p", f"{len(meta['failed'])} run(s) failed and are left out of the "
                             f"figures and tables:"))

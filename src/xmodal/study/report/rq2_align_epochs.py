@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..stats import Stat, compare, num, spearman
-from .data import EXPERIMENT_TITLES, Part, RunView, Section, group, metric_label, stat_of
+from ..stats import Family, Stat, num, p_text, spearman
+from .data import (EXPERIMENT_TITLES, Part, RunView, Section, group, join, metric_label,
+                   paper_vs_ours, stat_of)
 from .figures import band, collect_legend, fig_name, panel_grid, save, suptitle
+
+RHO_RULE = 0.8   # |Spearman rho| from which OTDD and error are said to move together
 
 
 def _from_epoch(r: RunView) -> int:
@@ -37,7 +40,8 @@ def _trace_stats(runs: list[RunView]):
 def section_align_epochs(part: Part, out: Path) -> Section:
     sec = Section(f"{EXPERIMENT_TITLES['align-epochs']} (part '{part.name}')")
     tasks = [t for t in part.tasks() if any(r.aligned for r in part.done(t))]
-    rows, sentences = [], []
+    fam = _tests(part, tasks)
+    rows, sentences, rhos = [], [], {}
     if tasks:
         fig, axes = panel_grid(len(tasks), ncols_max=2, w=6.0, h=4.0)
         twins = []
@@ -80,7 +84,8 @@ def section_align_epochs(part: Part, out: Path) -> Section:
                              str(stat_of(by_epoch[e]).n), stat_of(by_epoch[e]).text()])
             if naive:
                 rows.append([task, "naive", "-", str(stat_of(naive).n), stat_of(naive).text()])
-            sentences.append(_align_sentence(task, metric, trace, by_epoch))
+            rhos[task] = _rho(trace, by_epoch)
+            sentences.append(_align_sentence(task, metric, trace, by_epoch, fam, rhos[task]))
         seeds = max(len({r.seed for r in part.done(t)}) for t in tasks)
         suptitle(fig, "RQ2 embedder training: OTDD per embedder epoch (blue, left axis) and "
                        "test error after fine-tuning from that epoch's embedder (red, right "
@@ -90,12 +95,48 @@ def section_align_epochs(part: Part, out: Path) -> Section:
         sec.blocks.append(("img", path,
                            f"{part.name}: OTDD and downstream error per embedder epoch"))
     sec.blocks.append(("table", ["task", "embedder epoch", "OTDD", "seeds",
-                                 "test after fine-tuning (mean ± std)"], rows))
+                                 "test after fine-tuning (mean ± 95% CI)"], rows))
     sec.blocks.append(("ul", sentences or ["No finished aligned runs yet."]))
+    sec.blocks.append(paper_vs_ours("align-epochs", _ours(fam, rhos)))
     return sec
 
 
-def _align_sentence(task: str, metric: str, trace: dict, by_epoch: dict) -> str:
+def _tests(part: Part, tasks: list) -> Family:
+    """RQ2's family: per task, the last embedder epoch vs the first."""
+    fam = Family()
+    for task in tasks:
+        by_epoch = group([r for r in part.done(task) if r.aligned], _from_epoch)
+        if len(by_epoch) >= 2:
+            fam.add(task, stat_of(by_epoch[max(by_epoch)]), stat_of(by_epoch[min(by_epoch)]))
+    return fam.adjust()
+
+
+def _rho(trace: dict, by_epoch: dict):
+    """(rho, p, n) of Spearman's correlation of mean OTDD with mean error over the embedder
+    epochs that have both, or None."""
+    common = [e for e in sorted(by_epoch) if e in trace]
+    res = spearman([trace[e].mean for e in common], [stat_of(by_epoch[e]).mean for e in common])
+    return None if res is None else (*res, len(common))
+
+
+def _ours(fam: Family, rhos: dict) -> list:
+    out = []
+    known = {t: r for t, r in rhos.items() if r is not None}
+    if known:
+        pos = [t for t, r in known.items() if r[0] >= RHO_RULE]
+        out.append(f"Lower OTDD went with lower error (Spearman rho >= {RHO_RULE}) on "
+                   f"{len(pos)} of {len(known)} task(s)" + (f" ({join(pos)})" if pos else "") + ".")
+    if fam.tests:
+        c = fam.counts()
+        out.append(f"The last embedder epoch vs the first, over {len(fam.tests)} task(s): "
+                   f"{c['better']} significantly lower error, {c['worse']} higher, {c['same']} "
+                   f"no significant difference" +
+                   (f", {c['unknown']} not enough seeds" if c["unknown"] else "") + ".")
+    return out
+
+
+def _align_sentence(task: str, metric: str, trace: dict, by_epoch: dict, fam: Family,
+                    rho) -> str:
     ex = sorted(by_epoch)
     parts = []
     if trace:
@@ -109,21 +150,18 @@ def _align_sentence(task: str, metric: str, trace: dict, by_epoch: dict) -> str:
     if len(ex) >= 2:
         e0, e1 = ex[0], ex[-1]
         s0, s1 = stat_of(by_epoch[e0]), stat_of(by_epoch[e1])
-        v = compare(s1, s0)
-        what = {"better": "lower, beyond the seed spread",
-                "worse": "higher, beyond the seed spread",
-                "same": "not different beyond the seed spread",
-                "unknown": "not comparable (one seed)"}[v]
+        what = {"better": "lower", "worse": "higher", "same": "no significant difference",
+                "unknown": "not enough seeds"}[fam.verdict(task)]
         parts.append(f"; fine-tuning from the epoch-{e1} embedder gave {metric} {s1.text()} vs "
-                     f"{s0.text()} from the epoch-{e0} embedder ({what})")
+                     f"{s0.text()} from the epoch-{e0} embedder ({what}; {fam.evidence(task)})")
         best = min(ex, key=lambda e: stat_of(by_epoch[e]).mean)
         parts.append(f"; the lowest mean error came from embedder epoch {best}")
-        common = [e for e in ex if e in trace]
-        rho = spearman([trace[e].mean for e in common], [stat_of(by_epoch[e]).mean for e in common])
         if rho is not None:
-            rel = ("lower OTDD went with lower error" if rho >= 0.8 else
-                   "lower OTDD went with higher error" if rho <= -0.8 else
+            r, p, n = rho
+            rel = ("lower OTDD went with lower error" if r >= RHO_RULE else
+                   "lower OTDD went with higher error" if r <= -RHO_RULE else
                    "no consistent relation between OTDD and error")
-            parts.append(f"; Spearman correlation of OTDD with mean error over {len(common)} "
-                         f"embedder epochs: {rho:+.2f} ({rel}; rule: |rho| >= 0.8)")
+            parts.append(f"; Spearman correlation of OTDD with mean error over {n} "
+                         f"embedder epochs: {r:+.2f}, p {p_text(p)} ({rel}; rule: |rho| >= "
+                         f"{RHO_RULE})")
     return "".join(parts) + "."

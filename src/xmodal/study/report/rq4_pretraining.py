@@ -11,8 +11,9 @@ from typing import Optional
 
 import numpy as np
 
-from ..stats import compare, num, spearman
-from .data import EXPERIMENT_TITLES, Part, RunView, Section, group, metric_label, stat_of
+from ..stats import Family, num, p_text, spearman
+from .data import (EXPERIMENT_TITLES, Part, RunView, Section, group, join, metric_label,
+                   paper_vs_ours, stat_of)
 from .figures import collect_legend, fig_name, panel_grid, save, suptitle
 
 
@@ -41,6 +42,7 @@ def _tokens(runs: list[RunView]) -> Optional[float]:
 def section_pretraining(part: Part, out: Path) -> Section:
     sec = Section(f"{EXPERIMENT_TITLES['pretraining']} (part '{part.name}')")
     tasks = [t for t in part.tasks() if part.done(t)]
+    fam = _tests(part, tasks)
     rows, sentences = [], []
     all_numeric = True
     if tasks:
@@ -49,8 +51,7 @@ def section_pretraining(part: Part, out: Path) -> Section:
             done = part.done(task)
             metric = metric_label(done)
             groups = group(done, _pre_key)
-            rnd = {k: v for k, v in groups.items() if all(_is_random(r) for r in v)}
-            pre = {k: v for k, v in groups.items() if k not in rnd}
+            rnd, pre = _split(groups)
             tokens = {k: _tokens(v) for k, v in pre.items()}
             numeric = bool(pre) and all(t is not None and t > 0 for t in tokens.values())
             all_numeric = all_numeric and numeric
@@ -96,13 +97,13 @@ def section_pretraining(part: Part, out: Path) -> Section:
             if rnd and pre:
                 rk = list(rnd)[0]
                 best = min(pre, key=lambda k: stat_of(pre[k]).mean)
-                v = compare(stat_of(pre[best]), stat_of(rnd[rk]))
-                text = {"better": "pre-training helped beyond the seed spread",
-                        "worse": "pre-training hurt beyond the seed spread",
-                        "same": "pre-training made no difference beyond the seed spread",
-                        "unknown": "with one seed the effect of pre-training has no spread to "
-                                   "judge by"}[v]
-                msg = (f"On {task}, {text}: best pre-trained body ({best}) {metric} "
+                text = {"better": "pre-training helped significantly",
+                        "worse": "pre-training hurt significantly",
+                        "same": "pre-training made no significant difference",
+                        "unknown": "the effect of pre-training: not enough seeds for a verdict"}[
+                    fam.verdict(task)]
+                msg = (f"On {task}, {text} ({fam.evidence(task)}): best pre-trained body "
+                       f"({best}) {metric} "
                        f"{stat_of(pre[best]).text()} vs random initialisation "
                        f"{stat_of(rnd[rk]).text()}")
                 if numeric and len(pre) >= 3:
@@ -111,7 +112,7 @@ def section_pretraining(part: Part, out: Path) -> Section:
                                    [stat_of(pre[k]).mean for k in keys])
                     if rho is not None:
                         msg += (f"; Spearman correlation of error with log pre-training tokens "
-                                f"over {len(keys)} bodies: {rho:+.2f}")
+                                f"over {len(keys)} bodies: {rho[0]:+.2f}, p {p_text(rho[1])}")
                 sentences.append(msg + ".")
         seeds = max(len({r.seed for r in part.done(t)}) for t in tasks)
         dots = "" if all_numeric else "; small dots: single seeds"
@@ -120,7 +121,38 @@ def section_pretraining(part: Part, out: Path) -> Section:
         path = save(fig, out / fig_name("rq4", part), collect_legend(axes), ncol=3)
         sec.blocks.append(("img", path, f"{part.name}: final error vs pre-training amount"))
     sec.blocks.append(("table", ["task", "body", "pre-training tokens", "seeds",
-                                 "test (best val) mean ± std"], rows))
+                                 "test (best val) mean ± 95% CI"], rows))
     sec.blocks.append(("ul", sentences or ["Needs both a pre-trained and a randomly initialised "
                                            "body to compare."]))
+    sec.blocks.append(paper_vs_ours("pretraining", _ours(fam)))
     return sec
+
+
+def _split(groups: dict) -> tuple[dict, dict]:
+    """The groups of randomly initialised bodies and those of pre-trained ones."""
+    rnd = {k: v for k, v in groups.items() if all(_is_random(r) for r in v)}
+    return rnd, {k: v for k, v in groups.items() if k not in rnd}
+
+
+def _tests(part: Part, tasks: list) -> Family:
+    """RQ4's family: per task, the best pre-trained body vs random initialisation."""
+    fam = Family()
+    for task in tasks:
+        rnd, pre = _split(group(part.done(task), _pre_key))
+        if rnd and pre:
+            best = min(pre, key=lambda k: stat_of(pre[k]).mean)
+            fam.add(task, stat_of(pre[best]), stat_of(next(iter(rnd.values()))))
+    return fam.adjust()
+
+
+def _ours(fam: Family) -> list:
+    if not fam.tests:
+        return []
+    by = {v: [t for t in fam.tests if fam.verdict(t) == v] for v in ("better", "worse", "same",
+                                                                     "unknown")}
+    return [f"The best pre-trained body vs random initialisation, over {len(fam.tests)} "
+            f"task(s): pre-training helped significantly on {len(by['better'])}"
+            + (f" ({join(by['better'])})" if by["better"] else "")
+            + f", hurt on {len(by['worse'])}, made no significant difference on "
+            f"{len(by['same'])}" + (f" ({join(by['same'])})" if by["same"] else "")
+            + (f"; not enough seeds on {len(by['unknown'])}" if by["unknown"] else "") + "."]
