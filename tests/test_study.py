@@ -1,6 +1,7 @@
 """Study specs, expansion, the resumable runner (incl. SIGKILL), status, export and CLI."""
 
 import csv
+import math
 import os
 import signal
 import sqlite3
@@ -66,6 +67,55 @@ def test_builtin_specs_load_and_expand(tmp_path):
             assert run.id == config_hash(run.config)
             assert run.config.align.cache_dir == str((tmp_path / name / "align-cache").resolve())
             assert str(run.run_dir).startswith(str((tmp_path / name / "runs").resolve()))
+
+
+def test_builtin_naive_variants_are_the_papers_naive_baseline(tmp_path):
+    """RQ1's naive and RQ3's untrained embedder as ORCA with 0 embedder epochs: no alignment,
+    nothing copied from the body, the patch conv re-drawn (trunc-normal)."""
+    for name in ("demo", "proxy", "freezing"):
+        plan = study.expand(study.load_spec(name), tmp_path / name)
+        naive = [r for r in plan.runs
+                 if any(m[2].get("variant") in ("naive", "untrained") for m in r.members)]
+        assert naive, name
+        for run in naive:
+            assert run.config.align.proxy == "none"
+            assert run.config.embedder.init_from_body is False
+            assert run.config.embedder.conv_init == "trunc-normal"
+
+
+def test_naive_baseline_initialisation(tmp_path):
+    import torch
+
+    from xmodal.model import build_model
+    from xmodal.tasks import REGISTRY
+    plan = study.expand(study.load_spec("demo"), tmp_path, tasks=["digits"], seeds=[0])
+
+    def run_of(part, variant):
+        return next(r for r in plan.runs
+                    if any(m[0] == part and m[2].get("variant") == variant for m in r.members))
+    naive, orca = run_of("proxy", "naive"), run_of("proxy", "text")
+    assert run_of("freezing", "untrained").id == naive.id     # one run serves RQ1 and RQ3
+    spec = REGISTRY["digits"].spec
+    model, notes = build_model(spec, naive.config)
+    aligned, aligned_notes = build_model(spec, orca.config)
+    assert notes == [] and "embedding LayerNorm" in aligned_notes
+    body_ln = model.body.embedding_layernorm()
+    emb = model.embedder
+    # a fresh LayerNorm, not the body's
+    assert torch.equal(emb.norm.weight, torch.ones_like(emb.norm.weight))
+    assert torch.equal(emb.norm.bias, torch.zeros_like(emb.norm.bias))
+    assert not torch.equal(body_ln.weight, emb.norm.weight)
+    assert torch.equal(aligned.embedder.norm.weight, body_ln.weight)
+    # the patch conv re-drawn: trunc-normal std 0.02, zero bias (ORCA's xavier otherwise)
+    w = emb.proj.weight
+    assert torch.count_nonzero(emb.proj.bias) == 0
+    assert w.std().item() == pytest.approx(0.02, rel=0.1)
+    fan_in, fan_out = w[0].numel(), w.shape[0] * w[0, 0].numel()
+    xavier = math.sqrt(2.0) * math.sqrt(6.0 / (fan_in + fan_out))   # ORCA's uniform bound
+    assert aligned.embedder.proj.weight.abs().max() <= xavier < w.abs().max()
+    # positions stay the embedder's own random ones
+    n = emb.n_tokens
+    assert not torch.allclose(emb.pos, model.body.position_embeddings()[:n])
 
 
 def test_demo_covers_all_four_experiments_and_shares_runs(tmp_path):
