@@ -118,6 +118,15 @@ def test_naive_baseline_initialisation(tmp_path):
     assert not torch.allclose(emb.pos, model.body.position_embeddings()[:n])
 
 
+def test_set_label_grad_reaches_every_run(tmp_path):
+    spec = study.load_spec("demo")
+    default = study.expand(spec, tmp_path, seeds=[0])
+    detached = study.expand(spec, tmp_path, seeds=[0], overrides=["align.label_grad=false"])
+    assert all(r.config.align.label_grad is True for r in default.runs)
+    assert all(r.config.align.label_grad is False for r in detached.runs)
+    assert not {r.id for r in default.runs} & {r.id for r in detached.runs}
+
+
 def test_demo_covers_all_four_experiments_and_shares_runs(tmp_path):
     plan = study.expand(study.load_spec("demo"), tmp_path)
     parts = {m[1] for r in plan.runs for m in r.members}

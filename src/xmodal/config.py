@@ -64,7 +64,13 @@ class AlignConfig:
     objective: str = "otdd"          # otdd | otdd-gaussian | mmd | l2
     maxsamples: int = 64             # target samples per class per epoch
     n_source: int = 5000             # proxy samples
-    lr: Optional[float] = None       # default: 10 x train.lr
+    lr: Optional[float] = None       # default: from train.lr by align.lr_rule
+    lr_rule: str = "orca"            # orca: 10 x train.lr if train.lr <= 1e-3, else train.lr | 10x
+    optimizer: str = "task"          # task (train.optimizer's type, as ORCA) | adamw | adam | sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # Adam(W) betas (ORCA)
+    lr_milestones: list[int] = field(default_factory=lambda: [20, 40, 60])  # embedder epochs
+    lr_gamma: float = 0.2            # lr x gamma after each milestone (ORCA's StepLR)
+    label_grad: bool = True          # True: gradient through OTDD's label term; False: detached (ORCA)
     step_per: str = "epoch"          # epoch (ORCA) | class
     pseudo_labels: int = 10          # k-means clusters for dense / multi-label targets
     eps: float = 0.1                 # outer Sinkhorn entropic regularisation of OTDD
@@ -128,6 +134,8 @@ CHOICES = {
     "embedder.norm_order": ("pre-pos", "post-pos"),
     "align.objective": ("otdd", "otdd-gaussian", "mmd", "l2"),
     "align.step_per": ("epoch", "class"),
+    "align.lr_rule": ("orca", "10x"),
+    "align.optimizer": ("task", "adamw", "adam", "sgd"),
     "train.optimizer": ("adamw", "sgd"),
     "train.schedule": ("cosine", "linear", "constant"),
     "train.finetune": FINETUNE_MODES,
@@ -137,7 +145,7 @@ CHOICES = {
 POSITIVE = {"train.epochs": 0, "train.batch_size": 1, "train.accumulate": 1, "train.lr": 0,
             "embedder.seq_len": 1, "train.eval_batch_size": 1, "align.maxsamples": 2,
             "align.epochs": 0, "align.n_source": 2, "run.num_workers": 0, "align.eps": 0,
-            "align.inner_eps": 0}
+            "align.inner_eps": 0, "align.lr_gamma": 0}
 
 
 def _check_type(value: Any, tp: Any, key: str) -> Any:
@@ -152,6 +160,9 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         return float(value)
     if tp is dict and isinstance(value, dict):
         return value
+    if origin is list and isinstance(value, list):
+        (item,) = typing.get_args(tp)
+        return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     name = getattr(tp, "__name__", str(tp))
@@ -294,6 +305,12 @@ def validate(cfg: Config) -> None:
         raise UserError("config key 'task.val_fraction' must be between 0 and 1")
     if cfg.train.warmup_epochs < 0:
         raise UserError("config key 'train.warmup_epochs' must be >= 0")
+    if len(cfg.align.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.align.betas):
+        raise UserError(f"config key 'align.betas' must be two numbers in [0, 1), e.g. "
+                        f"[0.9, 0.98]; got {cfg.align.betas!r}")
+    if any(m < 1 for m in cfg.align.lr_milestones):
+        raise UserError(f"config key 'align.lr_milestones' must list embedder epochs >= 1 "
+                        f"(or be []); got {cfg.align.lr_milestones!r}")
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
