@@ -45,6 +45,7 @@ class BodyConfig:
     name: str = "minilm"             # minilm | hub name | local folder | vit-tiny-random
     pretrained: bool = True          # False: random init from the same config (RQ4 baseline)
     dropout: Optional[float] = None  # override hidden/attention dropout
+    drop_path: Optional[float] = None  # override stochastic depth (Swin drop_path_rate; ORCA: 0.1)
     num_layers: Optional[int] = None  # keep only the first k layers
 
 
@@ -305,6 +306,8 @@ def validate(cfg: Config) -> None:
         raise UserError("config key 'task.val_fraction' must be between 0 and 1")
     if cfg.train.warmup_epochs < 0:
         raise UserError("config key 'train.warmup_epochs' must be >= 0")
+    if cfg.body.drop_path is not None and not 0.0 <= cfg.body.drop_path < 1.0:
+        raise UserError(f"config key 'body.drop_path' must be in [0, 1); got {cfg.body.drop_path!r}")
     if len(cfg.align.betas) != 2 or not all(0.0 <= b < 1.0 for b in cfg.align.betas):
         raise UserError(f"config key 'align.betas' must be two numbers in [0, 1), e.g. "
                         f"[0.9, 0.98]; got {cfg.align.betas!r}")
