@@ -127,6 +127,65 @@ def test_set_label_grad_reaches_every_run(tmp_path):
     assert not {r.id for r in default.runs} & {r.id for r in detached.runs}
 
 
+def test_task_presets_give_each_task_its_config(tmp_path):
+    spec = {"name": "presets", "base": {"train": {"epochs": 99, "batch_size": 7}},
+            "tasks": ["nb360/satellite", {"preset": "nb360/ecg", "set": {"train.epochs": 2}}],
+            "seeds": [0], "variants": [{"label": "naive", "set": {"align.proxy": "none"}}]}
+    plan = study.expand(spec, tmp_path)
+    sat, ecg = (next(r for r in plan.runs if r.task == t) for t in ("satellite", "ecg"))
+    # the preset (configs/nb360/*.yaml) overrides base; the task's `set` and variants override it
+    assert sat.config.body.name == ecg.config.body.name == "roberta-base"
+    assert sat.config.train.epochs == 60 and ecg.config.train.epochs == 2
+    assert sat.config.train.batch_size == 16 and sat.config.train.lr == 3e-5
+    assert sat.config.align.label_grad is False and sat.config.align.proxy == "none"
+    assert sat.members[0][2]["preset"] == "nb360/satellite"
+    only = study.expand(spec, tmp_path, tasks=["nb360/ecg"])
+    assert {r.task for r in only.runs} == {"ecg"}
+    with pytest.raises(UserError, match="task preset 'nb360/nope' not found"):
+        study.expand({**spec, "tasks": ["nb360/nope"]}, tmp_path)
+
+
+@pytest.mark.parametrize("name, runs, tasks", [
+    ("paper-proxy", 63, {"cifar100", "ninapro", "darcy-nb360", "satellite", "deepsea", "ecg"}),
+    ("paper-align-epochs", 108, {"cifar100", "ninapro", "darcy-nb360", "satellite", "deepsea",
+                                 "ecg"}),
+    ("paper-freezing", 144, {"cifar100", "ninapro", "darcy-nb360", "satellite", "deepsea",
+                             "ecg"}),
+    ("paper-pretraining", 45, {"satellite", "deepsea", "ecg"}),
+])
+def test_paper_studies_dry_run_offline(name, runs, tasks, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("XMODAL_DATA_DIR", raising=False)
+    out = tmp_path / "study"
+    assert main(["study", "run", name, "--out", str(out), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert not out.exists()                                   # nothing written
+    assert lines[-1].startswith(f"study '{name}' (") and f": {runs} runs; about " in lines[-1]
+    planned = lines[:runs]
+    assert len(planned) == runs and {line.split()[0] for line in planned} == tasks
+    assert all(line.split()[-2:] in (["seed", "0"], ["seed", "1"], ["seed", "2"])
+               for line in planned)
+    bodies = {line.split()[1] for line in planned}
+    if name == "paper-pretraining":
+        assert bodies == {"roberta-base", "nyu-mll/roberta-base-1B-2",
+                          "nyu-mll/roberta-base-100M-3", "nyu-mll/roberta-base-10M-3"}
+    else:
+        assert bodies == {"roberta-base", "microsoft/swin-base-patch4-window7-224-in22k"}
+    hours = float(lines[-1].split("about ")[1].split()[0])
+    plan = study.expand(study.load_spec(name), out)
+    assert hours == pytest.approx(plan.gpu_hours()[0], abs=0.5) and plan.gpu_hours()[1] == 0
+
+
+def test_paper_proxy_uses_the_papers_proxies_per_modality(tmp_path):
+    plan = study.expand(study.load_spec("paper-proxy"), tmp_path, seeds=[0])
+    proxies = {}
+    for r in plan.runs:
+        proxies.setdefault(r.task, set()).add(r.config.align.proxy)
+    assert proxies["cifar100"] == proxies["ninapro"] == {"none", "cifar10", "mnist", "fakedata"}
+    assert proxies["satellite"] == proxies["ecg"] == {"none", "text", "fake-text"}
+    naive = [r for r in plan.runs if r.config.align.proxy == "none"]
+    assert all(not r.config.embedder.init_from_body for r in naive)
+
+
 def test_demo_covers_all_four_experiments_and_shares_runs(tmp_path):
     plan = study.expand(study.load_spec("demo"), tmp_path)
     parts = {m[1] for r in plan.runs for m in r.members}

@@ -103,6 +103,9 @@ def _study_parser(sub) -> None:
     run.add_argument("--ray-gpus", type=float, default=None, metavar="G",
                      help="GPUs per run for CUDA runs, e.g. 1 or 0.5 (default 0: runs see no GPU)")
     run.add_argument("--fresh", action="store_true", help="delete DIR first")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the planned runs (task, body, variant, seed), their count and a "
+                          "GPU-hours estimate; train nothing, write nothing")
     run.add_argument("--quiet", action="store_true")
     st = ssub.add_parser("status", help="counts and failures of a study folder")
     st.add_argument("dir")

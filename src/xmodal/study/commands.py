@@ -11,7 +11,7 @@ from typing import Optional
 
 from ..errors import UserError
 from .runner import fmt_seconds, run_study
-from .spec import parts_of, builtin_names, load_spec
+from .spec import Plan, builtin_names, expand, is_preset_name, load_spec, parts_of
 from .store import Store
 
 def status_text(folder: str | Path) -> tuple[str, int]:
@@ -98,7 +98,7 @@ def _check_task_names(names: Optional[list[str]]) -> None:
     from ..tasks import REGISTRY, _load_plugins
     _load_plugins()
     for name in names:
-        if name.startswith("npz:") or name in REGISTRY:
+        if name.startswith("npz:") or name in REGISTRY or is_preset_name(name):
             continue
         import difflib
         close = difflib.get_close_matches(name, list(REGISTRY), n=1)
@@ -112,14 +112,39 @@ def list_text() -> str:
         spec = load_spec(name)
         exp = ", ".join(p.get("experiment", "custom") for p in parts_of(spec))
         desc = " ".join(str(spec.get("description", "")).split())
-        tasks = ", ".join(t if isinstance(t, str) else t["name"] for t in spec.get("tasks", []))
+        tasks = ", ".join(t if isinstance(t, str) else t.get("name") or t["preset"]
+                          for t in spec.get("tasks", []))
         import textwrap
-        body = textwrap.wrap(f"[{exp}] {desc}", 84) + textwrap.wrap(
-            f"tasks: {tasks}; seeds: {', '.join(map(str, spec.get('seeds', [0])))}", 84)
-        lines.append(f"  {name:<13} {body[0]}")
-        lines += [f"  {'':<13} {line}" for line in body[1:]]
-    lines.append("Options: --tasks a,b  --seeds 0,1  --set key=value  --workers N  "
+        body = textwrap.wrap(f"[{exp}] {desc}", 79) + textwrap.wrap(
+            f"tasks: {tasks}; seeds: {', '.join(map(str, spec.get('seeds', [0])))}", 79)
+        lines.append(f"  {name:<18} {body[0]}")
+        lines += [f"  {'':<18} {line}" for line in body[1:]]
+    lines.append("Options: --tasks a,b  --seeds 0,1  --set key=value  --workers N  --dry-run  "
                  "--ray ADDRESS. See docs/studies.md for the spec format.")
+    return "\n".join(lines)
+
+
+def plan_text(plan: Plan) -> str:
+    """`study run --dry-run`: one line per planned run (task, body, variant, seed), the run
+    count and the GPU-hours estimate."""
+    rows = []
+    for r in plan.runs:
+        labels = [m[2].get("label") for m in r.members if m[2].get("label")]
+        what = ", ".join(dict.fromkeys(labels)) or "-"
+        body = r.config.body.name + ("" if r.config.body.pretrained else " (random init)")
+        rows.append((r.task, body, what, f"seed {r.seed}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3]
+             for row in rows]
+    hours, unknown = plan.gpu_hours()
+    estimate = (f"about {hours:.0f} GPU-hours" if hours >= 10 else f"about {hours:.1f} GPU-hours")
+    estimate += (f" ({unknown} run(s) without an estimate)" if unknown and hours else "")
+    estimate = "no GPU-hours estimate (the spec's tasks have no gpu_hours_per_epoch tag)" \
+        if unknown == len(plan.runs) else estimate
+    parts = ", ".join(plan.parts())
+    lines.append(f"study '{plan.name}' ({parts}): {len(plan.runs)} runs; {estimate}; "
+                 f"dry run: nothing was trained or written")
+    lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
 
 
@@ -127,6 +152,13 @@ def cli(args) -> int:
     cmd = args.study_command
     if cmd == "list":
         print(list_text())
+        return 0
+    if cmd == "run" and getattr(args, "dry_run", False):
+        tasks = _split(args.tasks)
+        _check_task_names(tasks)
+        plan = expand(load_spec(args.spec), args.out, tasks=tasks, seeds=_seeds(args.seeds),
+                      overrides=list(args.set or []))
+        print(plan_text(plan))
         return 0
     if cmd == "run":
         tasks = _split(args.tasks)

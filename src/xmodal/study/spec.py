@@ -29,7 +29,7 @@ SPEC_KEYS = {"name", "description", "experiment", "base", "tasks", "seeds", "axe
              "parts", "set", "notes", "workers"}
 PART_KEYS = {"name", "experiment", "description", "tasks", "seeds", "axes", "variants", "set"}
 VARIANT_KEYS = {"label", "set", "tags", "if_body"}
-TASK_KEYS = {"name", "set", "tags"}
+TASK_KEYS = {"name", "preset", "set", "tags"}
 # Config keys the runner owns: a spec may not set them (they would only move files around).
 RUNNER_KEYS = ("run.out", "run.name", "align.cache_dir")
 
@@ -158,9 +158,10 @@ def _check_tasks(tasks, where: str, fail, required: bool) -> None:
     for t in tasks:
         if isinstance(t, str):
             continue
-        if not isinstance(t, dict) or "name" not in t:
-            fail(f"{where}: a task entry must be a name or a mapping with 'name' (got {t!r})")
-        _check_keys(t, TASK_KEYS, f"{where}, task '{t['name']}'", fail)
+        if not isinstance(t, dict) or not ("name" in t or "preset" in t):
+            fail(f"{where}: a task entry must be a name, a preset (nb360/satellite) or a mapping "
+                 f"with 'name' or 'preset' (got {t!r})")
+        _check_keys(t, TASK_KEYS, f"{where}, task '{t.get('name') or t['preset']}'", fail)
 
 
 def _check_seeds(seeds, where: str, fail) -> None:
@@ -218,6 +219,19 @@ class Plan:
     def parts(self) -> list[str]:
         return list(dict.fromkeys(m[0] for r in self.runs for m in r.members))
 
+    def gpu_hours(self) -> tuple[float, int]:
+        """(estimated GPU-hours of the runs that have an estimate, runs without one)."""
+        hours = [run_gpu_hours(r) for r in self.runs]
+        return sum(h for h in hours if h is not None), sum(h is None for h in hours)
+
+
+def run_gpu_hours(run: PlannedRun) -> Optional[float]:
+    """Rough GPU-hours of one run: train.epochs x the `gpu_hours_per_epoch` tag a spec gives
+    a task (its estimate for one GPU at full size); None without the tag."""
+    per_epoch = next((m[2]["gpu_hours_per_epoch"] for m in run.members
+                      if m[2].get("gpu_hours_per_epoch") is not None), None)
+    return None if per_epoch is None else float(per_epoch) * run.config.train.epochs
+
 
 def parts_of(spec: dict) -> list[dict]:
     if "parts" in spec:
@@ -227,11 +241,51 @@ def parts_of(spec: dict) -> list[dict]:
 
 
 def _task_entries(entries: list, pick: Optional[list[str]]) -> list[dict]:
-    norm = [{"name": e} if isinstance(e, str) else dict(e) for e in entries]
+    """Task entries as {name, preset?, preset_tree?, set?, tags?}; `pick` (--tasks) selects by
+    task or preset name, in its order."""
+    norm = [_task_entry(e) for e in entries]
     if pick is None:
         return norm
-    by_name = {e["name"]: e for e in norm}
-    return [by_name.get(name, {"name": name}) for name in pick]
+    by_name = {e["name"]: e for e in norm} | {e["preset"]: e for e in norm if e.get("preset")}
+    return [by_name.get(name) or _task_entry(name) for name in pick]
+
+
+def _task_entry(entry) -> dict:
+    """A task name, `nb360/satellite` (a preset: configs/nb360/satellite.yaml) or a mapping."""
+    entry = {"name": entry} if isinstance(entry, str) else dict(entry)
+    if "preset" not in entry and is_preset_name(entry["name"]):
+        entry["preset"] = entry.pop("name")
+    if "preset" in entry:
+        entry["preset_tree"] = load_preset(entry["preset"])
+        task = (entry["preset_tree"].get("task") or {}).get("name")
+        if not entry.get("name") and not task:
+            raise UserError(f"preset '{entry['preset']}' names no task (task.name)")
+        entry.setdefault("name", task)
+    return entry
+
+
+def is_preset_name(name: str) -> bool:
+    """`nb360/satellite` or a .yaml path, not a task name or npz:PATH."""
+    return not name.startswith("npz:") and ("/" in name or name.endswith((".yaml", ".yml")))
+
+
+def preset_dirs() -> list[Path]:
+    """Where preset names are looked up: ./configs, then the source checkout's configs/."""
+    return [Path.cwd() / "configs", Path(__file__).resolve().parents[3] / "configs"]
+
+
+def load_preset(name: str) -> dict:
+    """The config tree of a preset: a YAML path, or NAME -> configs/NAME.yaml."""
+    from ..config import read_yaml
+    path = Path(name).expanduser()
+    candidates = [path] if path.suffix in (".yaml", ".yml") else \
+        [d / f"{name}.yaml" for d in preset_dirs()]
+    for candidate in candidates:
+        if candidate.is_file():
+            return read_yaml(candidate)
+    raise UserError(f"task preset '{name}' not found (looked for "
+                    f"{', '.join(str(c) for c in candidates)}); a preset is a config YAML such "
+                    f"as configs/nb360/satellite.yaml")
 
 
 def _apply(tree: dict, mapping: Optional[dict], prefix: str = "") -> None:
@@ -274,9 +328,10 @@ def body_family(name: str) -> str:
             mt = "bert"
         else:
             from transformers import AutoConfig
-            mt = AutoConfig.from_pretrained(bodies.resolve_source(name)).model_type
+            mt = AutoConfig.from_pretrained(bodies.resolve_source(name),
+                                            local_files_only=True).model_type
         family = "vision" if mt in bodies.VISION_TYPES else "text"
-    except Exception:  # noqa: BLE001 - offline / unknown: fall back to the name
+    except Exception:  # noqa: BLE001 - not on this machine / unknown: fall back to the name
         low = name.lower()
         family = "vision" if any(k in low for k in ("vit", "swin", "deit", "beit", "image")) \
             else "text"
@@ -288,8 +343,8 @@ def expand(spec: dict, out: str | Path, tasks: Optional[list[str]] = None,
            seeds: Optional[list[int]] = None, overrides: Optional[list[str]] = None) -> Plan:
     """All runs of a study: parts x tasks x variants x axes grid x seeds, deduplicated by id.
 
-    Precedence (later wins): defaults < base < part `set` < task `set` < --set overrides <
-    variant `set` < axis values. The runner then sets task.name, run.seed, run.out and
+    Precedence (later wins): defaults < base < task preset (configs/NAME.yaml) < spec `set` <
+    part `set` < task `set` < --set overrides < variant `set` < axis values. The runner then sets task.name, run.seed, run.out and
     align.cache_dir."""
     spec = load_spec(spec)
     out = Path(out).expanduser().resolve()
@@ -314,6 +369,7 @@ def expand(spec: dict, out: str | Path, tasks: Optional[list[str]] = None,
                     for seed in part_seeds:
                         tree = copy.deepcopy(spec.get("base") or {})
                         _apply(tree, {"task.name": task["name"]})
+                        _apply(tree, task.get("preset_tree"))
                         _apply(tree, spec.get("set"))
                         if "parts" in spec:
                             _apply(tree, part.get("set"))
@@ -343,6 +399,7 @@ def expand(spec: dict, out: str | Path, tasks: Optional[list[str]] = None,
                         label = " / ".join(([str(variant["label"])] if variant else []) +
                                            [str(v) for v in axis_vals.values()]) or None
                         labels = {"label": label, "variant": variant["label"] if variant else None,
+                                  **({"preset": task["preset"]} if task.get("preset") else {}),
                                   **(task.get("tags") or {}), **((variant or {}).get("tags") or {}),
                                   "axes": axis_vals, "task": task["name"], "seed": seed}
                         member = (part["name"], experiment, labels)
