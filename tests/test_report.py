@@ -80,7 +80,8 @@ def test_proxy_sentences_follow_the_numbers(tmp_path):
     assert "was significantly worse than naive fine-tuning with text" in digits
     # mean ± t_{0.975,2} * 0.01 / sqrt(3) = ± 0.025
     assert "naive 0.110 ± 0.025" in digits and "text 0.210 ± 0.025" in digits
-    assert "fake-text" not in digits.split("(")[0]  # fake-text: paired differences 0.005, 0.005, -0.01
+    # fake-text: paired differences 0.005, 0.005, -0.01
+    assert "fake-text" not in digits.split("(")[0]
     italy = [s for s in said if s.startswith("On italypower, embedder")][0]
     assert "beat naive fine-tuning significantly with text and fake-text" in italy
     assert any(s.startswith("On digits, the choice of proxy mattered") for s in said)

@@ -344,8 +344,8 @@ def expand(spec: dict, out: str | Path, tasks: Optional[list[str]] = None,
     """All runs of a study: parts x tasks x variants x axes grid x seeds, deduplicated by id.
 
     Precedence (later wins): defaults < base < task preset (configs/NAME.yaml) < spec `set` <
-    part `set` < task `set` < --set overrides < variant `set` < axis values. The runner then sets task.name, run.seed, run.out and
-    align.cache_dir."""
+    part `set` < task `set` < --set overrides < variant `set` < axis values. The runner then
+    sets task.name, run.seed, run.out and align.cache_dir."""
     spec = load_spec(spec)
     out = Path(out).expanduser().resolve()
     cli = [parse_override(item) for item in (overrides or [])]
