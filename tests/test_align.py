@@ -195,12 +195,13 @@ def test_pseudo_labels_for_dense_and_multilabel():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["italypower", "digits"])
-def test_fit_cli_with_alignment(task, tmp_path, capsys):
+@pytest.mark.parametrize("task, label_grad", [("italypower", "true"), ("digits", "false")])
+def test_fit_cli_with_alignment(task, label_grad, tmp_path, capsys):
     from xmodal.cli import main
     rc = main(["fit", "--task", task, "--proxy", "fake-text", "--align-epochs", "2",
                "--epochs", "1", "--max-train", "40", "--max-test", "40", "--seq-len", "8",
                "--set", "body.num_layers=1", "--set", "align.n_source=200",
+               "--set", f"align.label_grad={label_grad}",
                "--set", "align.eps=1.0", "--out", str(tmp_path), "--quiet"])
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -209,6 +210,7 @@ def test_fit_cli_with_alignment(task, tmp_path, capsys):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [r["epoch"] for r in summary["align"]["trace"]] == [0, 1, 2]
     assert summary["align"]["epoch_used"] == 2
+    assert summary["align"]["label_grad"] is (label_grad == "true")
     assert len((run_dir / "align.jsonl").read_text().splitlines()) == 3
 
 
@@ -238,3 +240,72 @@ def test_align_max_iter_reaches_the_solver_and_is_reported_once():
         build_objective("otdd", xs, ys, eps=0.1, max_iter=1)(xt)
     assert len(notes) == 1 and "stopped at 1 iterations" in notes[0]
     assert notes[0].endswith("raise align.max_iter")
+
+
+# ----------------------------------------------------------------------------- stage-2 optimiser
+
+@pytest.mark.parametrize("train_lr, rule, expected", [
+    (1e-4, "orca", 1e-3),      # <= 1e-3: 10x
+    (1e-3, "orca", 1e-2),
+    (3e-3, "orca", 3e-3),      # > 1e-3: the task lr itself
+    (3e-3, "10x", 3e-2),
+])
+def test_stage_two_lr_rule(train_lr, rule, expected):
+    cfg = load_config(overrides={"train.lr": train_lr, "align.lr_rule": rule})
+    assert align.resolved_lr(cfg) == pytest.approx(expected)
+    explicit = load_config(overrides={"train.lr": train_lr, "align.lr": 5e-4})
+    assert align.resolved_lr(explicit) == 5e-4
+
+
+def test_stage_two_optimizer_follows_the_task():
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    default = align.make_optimizer(params, load_config())
+    assert type(default) is torch.optim.AdamW
+    assert default.defaults["betas"] == (0.9, 0.98)                     # ORCA's, not torch's
+    sgd = align.make_optimizer(params, load_config(overrides={"train.optimizer": "sgd",
+                                                              "train.momentum": 0.8}))
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.8
+    adam = align.make_optimizer(params, load_config(overrides={"align.optimizer": "adam",
+                                                               "align.betas": [0.8, 0.9]}))
+    assert type(adam) is torch.optim.Adam and adam.defaults["betas"] == (0.8, 0.9)
+    with pytest.raises(UserError, match="align.betas"):
+        load_config(overrides={"align.betas": [0.9]})
+
+
+def test_stage_two_lr_decays_after_the_milestones(data, tmp_path):
+    """lr of the step of embedder epoch k: 10 x 1e-4, x 0.2 after epochs 2 and 4."""
+    cfg, model = make(**{"align.epochs": 5, "align.lr_milestones": [2, 4], "train.lr": 1e-4})
+    out = run_alignment(model, data, cfg, CPU, tmp_path, progress=False, log=lambda m: None)
+    lrs = [r["lr"] for r in out["trace"]]
+    assert lrs[:-1] == pytest.approx([1e-3, 1e-3, 2e-4, 2e-4, 4e-5]) and lrs[-1] is None
+    assert out["optimizer"] == "adamw" and out["lr_milestones"] == [2, 4]
+    # ORCA's default milestones (20, 40, 60) leave a short alignment at a constant lr
+    cfg, model = make()
+    out = run_alignment(model, data, cfg, CPU, tmp_path / "default", progress=False,
+                        log=lambda m: None)
+    assert [r["lr"] for r in out["trace"]][:-1] == pytest.approx([1e-3] * 3)
+
+
+def test_label_grad_false_detaches_the_label_term(data, tmp_path):
+    from xmodal.align import build_objective
+    g = torch.Generator().manual_seed(0)
+    xs, ys = torch.randn(40, 4, generator=g, dtype=torch.float64), torch.arange(40) % 4
+    xt = torch.randn(16, 4, generator=g, dtype=torch.float64)
+    grads = {}
+    for flag in (True, False):
+        x = xt.clone().requires_grad_()
+        value = build_objective("otdd", xs, ys, 1.0, 1.0, label_grad=flag)(x, torch.arange(16) % 2)
+        (grads[flag],) = torch.autograd.grad(value, x)
+        grads[flag, "value"] = float(value.detach())
+    assert grads[True, "value"] == pytest.approx(grads[False, "value"])   # same objective
+    assert (grads[True] - grads[False]).norm() > 1e-3 * grads[True].norm()  # other gradient
+    # in a run: the same start, a different first step
+    traces = {}
+    for flag in (True, False):
+        cfg, model = make(**{"align.epochs": 1, "align.label_grad": flag})
+        out = run_alignment(model, data, cfg, CPU, tmp_path / str(flag), progress=False,
+                            log=lambda m: None)
+        traces[flag] = [r["otdd"] for r in out["trace"]]
+        assert out["label_grad"] is flag
+    assert traces[True][0] == pytest.approx(traces[False][0])
+    assert traces[True][1] != pytest.approx(traces[False][1], rel=1e-6)

@@ -44,6 +44,18 @@ def test_dropout_and_layer_overrides():
         load_body(BodyConfig(name="bert-tiny-random", num_layers=5))
 
 
+def test_dropout_leaves_swins_stochastic_depth_alone():
+    default = load_body(BodyConfig(name="swin-tiny-random", dropout=0.0)).model
+    assert default.config.hidden_dropout_prob == 0.0 and default.config.drop_path_rate == 0.1
+    probs = [m.drop_prob for m in default.modules() if hasattr(m, "drop_prob")]
+    assert probs and max(probs) > 0                  # stochastic depth still on
+    off = load_body(BodyConfig(name="swin-tiny-random", dropout=0.0, drop_path=0.0)).model
+    assert off.config.drop_path_rate == 0.0
+    assert all(m.drop_prob == 0 for m in off.modules() if hasattr(m, "drop_prob"))
+    with pytest.raises(UserError, match="body.drop_path"):
+        load_body(BodyConfig(name="bert-tiny-random", drop_path=0.1))
+
+
 def test_local_folder_round_trip(tmp_path):
     torch.manual_seed(0)
     saved = load_body(BodyConfig(name="bert-tiny-random"))

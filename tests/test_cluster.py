@@ -14,7 +14,7 @@ import yaml
 
 from xmodal import study
 from xmodal.cli import main
-from xmodal.store import Store
+from xmodal.study.store import Store
 
 TINY = {"task": {"max_train": 32, "max_test": 32},
         "body": {"num_layers": 1},
@@ -112,7 +112,7 @@ def test_ray_local_study_runs_once_resumes_and_stores_failures(ray, tmp_path, ca
 
 
 def test_dead_ray_worker_is_a_failed_result(ray, tmp_path):
-    from xmodal.cluster import RayPool
+    from xmodal.study.cluster import RayPool
 
     def job_fn(job):          # defined here, so Ray ships it by value
         if job["die"]:
@@ -155,7 +155,7 @@ def test_without_ray_the_flag_is_one_error_line(tmp_path, monkeypatch, capsys):
 def test_a_node_without_the_study_folder_fails_the_run(tmp_path, monkeypatch):
     """The per-run guard (nodes that join after the start-up check): no training, a failed
     result that says what to fix."""
-    from xmodal.cluster import run_on_worker
+    from xmodal.study.cluster import run_on_worker
     for var in ("CUDA_VISIBLE_DEVICES", "OMP_WAIT_POLICY", "TOKENIZERS_PARALLELISM"):
         monkeypatch.setenv(var, os.environ.get(var, ""))   # restored after the test
     job = {"id": "x", "log": str(tmp_path / "logs" / "x.log")}

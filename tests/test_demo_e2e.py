@@ -46,4 +46,6 @@ def test_demo_study_and_report(tmp_path):
     text = (report / "report.md").read_text()
     for heading in ("## RQ1", "## RQ2", "## RQ3", "## RQ4"):
         assert heading in text
+    assert text.count("| paper (arXiv 2403.13537) |") == 4       # paper vs ours, per section
+    assert "95% confidence interval" in text and "not enough seeds" in text   # one seed here
     assert (report / "report.html").is_file()

@@ -131,8 +131,6 @@ def test_embedder_shapes_on_vision_bodies(vit):
 
 
 def test_embedder_errors(bert):
-    with pytest.raises(UserError, match="Swin body needs 2D inputs"):
-        Embedder((1, 100), load_body(BodyConfig(name="swin-tiny-random")), 16)
     with pytest.raises(UserError, match="at most 128"):
         Embedder((1, 1000), bert, 200)                   # 200 tokens > 128 positions
     with pytest.raises(UserError, match=r"\(C, L\) or \(C, H, W\)"):
@@ -150,6 +148,8 @@ def test_embedder_errors(bert):
     ("vit-tiny-random", (1, 20, 20), "dense", (1, 20, 20)),
     ("swin-tiny-random", (3, 16, 16), "dense", (2, 16, 16)),
     ("swin-tiny-random", (3, 16, 16), "classification", (3,)),
+    ("swin-tiny-random", (2, 100), "classification", (3,)),   # 1D on Swin, as ORCA allows
+    ("swin-tiny-random", (1, 50), "dense", (1, 50)),
 ])
 def test_whole_model_output_shapes(body, shape, kind, out):
     spec = TaskSpec("t", "t", "1d" if len(shape) == 2 else "2d", kind, shape, out[0],
@@ -159,6 +159,22 @@ def test_whole_model_output_shapes(body, shape, kind, out):
     with torch.no_grad():
         y = model(torch.randn(2, *shape))
     assert y.shape == (2, *out)
+
+
+def test_1d_tokens_on_swin_use_its_image_grid():
+    """10 tokens go on a 4 x 3 grid resized to Swin's 8 x 8 token grid (32 / 4), not on a
+    1 x 10 strip whose windows would hold one token each."""
+    swin = load_body(BodyConfig(name="swin-tiny-random"))
+    swin.eval()
+    tokens = torch.randn(1, 10, 32)
+    with torch.no_grad():
+        hidden, grid = swin(tokens, (10,))
+        moved = tokens.clone()
+        moved[0, 0] += 1.0
+        hidden2, _ = swin(moved, (10,))
+    assert grid == (hidden.shape[1],) and hidden.shape[0] == 1
+    assert hidden.shape[1] == 16                             # 8 x 8, one merge: 4 x 4
+    assert not torch.allclose(hidden, hidden2)
 
 
 # ---------------------------------------------------------------- init from the body

@@ -252,8 +252,6 @@ BAD = {  # name -> (extra args (may use {tmp}), fragment of the message)
     "npz mismatched lengths": (["--task", "npz:{tmp}/lengths.npz"], "x_train has 20 rows but y_train has 19"),
     "npz NaN": (["--task", "npz:{tmp}/nan.npz"], "inputs contain NaN or inf"),
     "npz negative labels": (["--task", "npz:{tmp}/negative.npz"], "negative class labels"),
-    "1D data on a 2D-only body": (["--task", "npz:{tmp}/good.npz", "--body", "swin-tiny-random"],
-                                  "Swin body needs 2D inputs"),
     "too many tokens": (["--task", "npz:{tmp}/long.npz", "--body", "bert-tiny-random",
                          "--seq-len", "200"], "makes 200 tokens but the body takes at most 128"),
 }

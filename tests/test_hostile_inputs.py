@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from xmodal import cli
-from xmodal.store import Store
+from xmodal.study.store import Store
 
 TINY = ["--task", "digits", "--body", "minilm", "--set", "body.num_layers=1", "--seq-len", "4",
         "--max-train", "32", "--max-test", "32", "--epochs", "1", "--device", "cpu", "--quiet",

@@ -360,6 +360,13 @@ def test_preset_loads(name):
     assert cfg.body.name == ("microsoft/swin-base-patch4-window7-224-in22k" if two_d else "roberta-base")
     assert cfg.align.proxy == ("cifar10" if two_d else "text")
     assert cfg.align.epochs > 0 and cfg.train.warmup_epochs > 0
+    # stage 2 as ORCA: task's optimiser type (Adam for NinaPro / DeepSEA), betas (0.9, 0.98),
+    # 10x lr only up to 1e-3, x0.2 after embedder epochs 20, 40, 60, detached label term
+    from xmodal.align import optimizer_kind
+    assert optimizer_kind(cfg) == ("adam" if name in ("ninapro", "deepsea") else cfg.train.optimizer)
+    assert cfg.align.betas == [0.9, 0.98] and cfg.align.lr_rule == "orca"
+    assert cfg.align.lr_milestones == [20, 40, 60] and cfg.align.lr_gamma == 0.2
+    assert cfg.align.label_grad is False
 
 
 def test_preset_task_specific_values():

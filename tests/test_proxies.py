@@ -144,6 +144,22 @@ def test_text_from_precomputed_arrays(text_body, tmp_path):
     assert x.shape == (20, 384) and info["classes"] == 5
 
 
+def test_text_from_orcas_3d_token_arrays(text_body, tmp_path):
+    """ORCA's text_xs_32.npy is (samples, 32 tokens, d); ORCA averages over the tokens."""
+    xs = np.random.default_rng(0).normal(size=(40, 32, 384)).astype(np.float32)
+    np.save(tmp_path / "text_xs_32.npy", xs)
+    np.save(tmp_path / "text_ys_32.npy", np.arange(40) % 4)
+    cfg = cfg_for(tmp_path / "c", 40, **{"align.proxy_dir": str(tmp_path)})
+    x, y, info = proxy_features("text", text_body, cfg)
+    assert x.shape == (40, 384) and info["classes"] == 4 and "text_xs_32.npy" in info["source"]
+    rows = {tuple(np.round(r, 4)) for r in xs.mean(axis=1)}
+    assert all(tuple(np.round(r, 4)) in rows for r in x.numpy())
+    (tmp_path / "text_ys_32.npy").unlink()
+    with pytest.raises(UserError, match="text_xs_32.npy but no text_ys_32.npy"):
+        proxy_features("text", text_body, cfg_for(tmp_path / "d", 40,
+                                                  **{"align.proxy_dir": str(tmp_path)}))
+
+
 def test_npz_proxy(text_body, tmp_path):
     good, bad = tmp_path / "good.npz", tmp_path / "bad.npz"
     np.savez(good, x=np.ones((30, 384)) + np.arange(30)[:, None], y=np.arange(30) % 3)

@@ -3,8 +3,8 @@
 import pytest
 
 from xmodal.errors import UserError
-from xmodal.report import Stat, compare, spearman, write_report
-from xmodal.store import Store
+from xmodal.study.report import write_report
+from xmodal.study.store import Store
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -68,16 +68,6 @@ def _sentences(md: str) -> list[str]:
     return [line[2:] for line in md.splitlines() if line.startswith("- On ")]
 
 
-def test_compare_rule():
-    a, b = Stat([0.10, 0.11, 0.12]), Stat([0.20, 0.21, 0.22])
-    assert compare(a, b) == "better" and compare(b, a) == "worse"
-    assert compare(Stat([0.10, 0.20, 0.30]), Stat([0.15, 0.25, 0.35])) == "same"
-    assert compare(Stat([0.1]), b) == "unknown"
-    assert Stat([0.1, 0.3]).text() == "0.200 ± 0.141"
-    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
-    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-
-
 def test_proxy_sentences_follow_the_numbers(tmp_path):
     b = Builder(tmp_path)
     _proxy_part(b)
@@ -87,19 +77,26 @@ def test_proxy_sentences_follow_the_numbers(tmp_path):
     md = path.read_text()
     said = _sentences(md)
     digits = [s for s in said if s.startswith("On digits, embedder")][0]
-    assert "was worse than naive fine-tuning beyond the seed spread with text" in digits
-    assert "naive 0.110 ± 0.010" in digits and "text 0.210 ± 0.010" in digits
-    assert "fake-text" not in digits.split("(")[0]  # fake-text is within the spread
+    assert "was significantly worse than naive fine-tuning with text" in digits
+    # mean ± t_{0.975,2} * 0.01 / sqrt(3) = ± 0.025
+    assert "naive 0.110 ± 0.025" in digits and "text 0.210 ± 0.025" in digits
+    # fake-text: paired differences 0.005, 0.005, -0.01
+    assert "fake-text" not in digits.split("(")[0]
     italy = [s for s in said if s.startswith("On italypower, embedder")][0]
-    assert "beat naive fine-tuning beyond the seed spread with text and fake-text" in italy
+    assert "beat naive fine-tuning significantly with text and fake-text" in italy
     assert any(s.startswith("On digits, the choice of proxy mattered") for s in said)
-    assert any(s.startswith("On italypower, the choice of proxy made no difference") for s in said)
+    assert any(s.startswith("On italypower, the choice of proxy made no significant difference")
+               for s in said)
     # only the experiment present is reported; the failed run is listed
     assert "RQ1" in md and "RQ2" not in md and "RQ3" not in md and "RQ4" not in md
     assert "1 run(s) failed" in md and "TrainingDiverged" in md
-    assert "exceeds the larger of their two standard deviations" in md
+    assert "Holm-adjusted" in md and "95% confidence interval" in md
     # table values are the stored numbers
-    assert "| digits | text | 3 | 0.210 ± 0.010 |" in md
+    assert "| digits | text | 3 | 0.210 ± 0.025 |" in md
+    assert "| digits | fake-text | 3 | 0.110 ± 0.012 | 0.120 ± 0.012 | - | no significant " \
+           "difference (paired t, n=3, p_Holm = 1.000) |" in md
+    assert "| this study | Embedder training vs naive fine-tuning (4 task-proxy comparisons): 2 " \
+           "significantly lower error, 1 higher, 1 no significant difference." in md
     figs = list((tmp_path / "report").glob("*.png"))
     assert [f.name for f in figs] == ["rq1-proxy.png"]
     assert figs[0].read_bytes()[:8] == PNG and figs[0].stat().st_size > 10_000
@@ -136,17 +133,18 @@ def test_all_four_experiments(tmp_path):
     said = _sentences(md)
     rq2 = [s for s in said if s.startswith("On gunpoint, OTDD")][0]
     assert "OTDD fell from 10.1 (embedder epoch 0) to 4.10 (epoch 4)" in rq2
-    assert "0.210 ± 0.010 vs 0.110 ± 0.010 from the epoch-0 embedder (higher, beyond the seed " \
-           "spread)" in rq2
+    assert "0.210 ± 0.025 vs 0.110 ± 0.025 from the epoch-0 embedder (higher; paired t, n=3, " \
+           "p_Holm < 0.001)" in rq2
     assert "lowest mean error came from embedder epoch 0" in rq2
-    assert "-1.00 (lower OTDD went with higher error" in rq2
+    # 4 points in reverse order: exact two-sided permutation p = 2 / 4! = 0.083
+    assert "-1.00, p = 0.083 (lower OTDD went with higher error" in rq2
     rq3 = [s for s in said if "fine-tuning the body" in s][0]
     assert rq3.startswith("On gunpoint (trained embedder), fine-tuning the body helped")
-    assert "all (embedder + body + predictor)) 0-1 error 0.110 ± 0.010" in rq3
+    assert "all (embedder + body + predictor)) 0-1 error 0.110 ± 0.025" in rq3
     emb = [s for s in said if "trained embedder beat the untrained" in s][0]
     assert "in 0 of 4 freezing modes" in emb
     rq4 = [s for s in said if "pre-training" in s][0]
-    assert "pre-training made no difference beyond the seed spread" in rq4
+    assert "pre-training made no significant difference" in rq4
     assert "best pre-trained body (roberta-base)" in rq4 and "-1.00" in rq4
     names = sorted(f.name for f in (tmp_path / "report").glob("*.png"))
     assert names == ["rq1-proxy.png", "rq2-align-epochs-align.png", "rq3-freezing.png",
@@ -158,6 +156,12 @@ def test_all_four_experiments(tmp_path):
     assert page.count("data:image/png;base64,") == 4
     for rq in ("RQ1", "RQ2", "RQ3", "RQ4"):
         assert rq in md
+    # every section ends with the paper's finding beside ours
+    for section in md.split("\n## ")[1:]:
+        table = section.rstrip().splitlines()[-3:]
+        assert table[1].startswith("| paper (arXiv 2403.13537) |")
+        assert table[2].startswith("| this study |")
+    assert "Lower OTDD does not mean lower error" in md
 
 
 def test_single_seed_gives_no_verdict(tmp_path):
@@ -166,8 +170,25 @@ def test_single_seed_gives_no_verdict(tmp_path):
     b.add("proxy", "proxy", "digits", [0.3], {"label": "text", "variant": "text"}, proxy="text")
     b.store.close()
     md = write_report(tmp_path).read_text()
-    assert "no spread to judge by" in md
+    assert "not enough seeds for a verdict" in md
     assert "beat" not in md.split("## ")[-1].split("|")[-1]
+
+
+def test_two_seeds_that_agree_give_no_verdict(tmp_path):
+    """The old rule called 0.157 ± 0.000 'better' than 0.177 ± 0.000 on two seeds."""
+    b = Builder(tmp_path)
+    b.add("proxy", "proxy", "digits", [0.177, 0.177], {"label": "naive", "variant": "naive"})
+    b.add("proxy", "proxy", "digits", [0.157, 0.157], {"label": "text", "variant": "text"},
+          proxy="text")
+    b.store.close()
+    md = write_report(tmp_path).read_text()
+    assert "| digits | text | 2 | 0.157 ± 0.000 | 0.167 ± 0.000 | - | not enough seeds " \
+           "(2 seed(s); need 3) |" in md
+    assert _sentences(md) == ["On digits, embedder training against naive fine-tuning: not "
+                              "enough seeds for a verdict (0-1 error: naive 0.177 ± 0.000; "
+                              "text 0.157 ± 0.000)."]
+    assert "0 significantly lower error, 0 higher, 0 no significant difference, 1 not enough " \
+           "seeds" in md
 
 
 def test_report_needs_finished_runs(tmp_path):
@@ -181,7 +202,7 @@ def test_report_needs_finished_runs(tmp_path):
 
 
 def test_run_shared_by_two_studies_counts_once_per_part(tmp_path):
-    from xmodal.report import load_parts
+    from xmodal.study.report.data import load_parts
     store = Store(tmp_path, create=True)
     run = {"id": "r1", "task": "t", "seed": 0, "config": _config("t", 0), "axes": {},
            "run_dir": "runs/r1", "members": [("proxy", "proxy", {"label": "naive"})]}

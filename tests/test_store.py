@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from xmodal.errors import UserError
-from xmodal.store import Store, process_token, token_alive
+from xmodal.study.store import Store, process_token, token_alive
 
 
 def _run(i, task="italypower", seed=0, part="proxy", label="naive"):

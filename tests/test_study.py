@@ -1,6 +1,7 @@
 """Study specs, expansion, the resumable runner (incl. SIGKILL), status, export and CLI."""
 
 import csv
+import math
 import os
 import signal
 import sqlite3
@@ -13,10 +14,11 @@ import pytest
 import yaml
 
 from xmodal import study
+from xmodal.study import runner
 from xmodal.cli import main
 from xmodal.config import config_hash
 from xmodal.errors import UserError
-from xmodal.store import Store
+from xmodal.study.store import Store
 
 TINY = {"task": {"max_train": 40, "max_test": 40},
         "body": {"num_layers": 1},
@@ -66,6 +68,123 @@ def test_builtin_specs_load_and_expand(tmp_path):
             assert run.id == config_hash(run.config)
             assert run.config.align.cache_dir == str((tmp_path / name / "align-cache").resolve())
             assert str(run.run_dir).startswith(str((tmp_path / name / "runs").resolve()))
+
+
+def test_builtin_naive_variants_are_the_papers_naive_baseline(tmp_path):
+    """RQ1's naive and RQ3's untrained embedder as ORCA with 0 embedder epochs: no alignment,
+    nothing copied from the body, the patch conv re-drawn (trunc-normal)."""
+    for name in ("demo", "proxy", "freezing"):
+        plan = study.expand(study.load_spec(name), tmp_path / name)
+        naive = [r for r in plan.runs
+                 if any(m[2].get("variant") in ("naive", "untrained") for m in r.members)]
+        assert naive, name
+        for run in naive:
+            assert run.config.align.proxy == "none"
+            assert run.config.embedder.init_from_body is False
+            assert run.config.embedder.conv_init == "trunc-normal"
+
+
+def test_naive_baseline_initialisation(tmp_path):
+    import torch
+
+    from xmodal.model import build_model
+    from xmodal.tasks import REGISTRY
+    plan = study.expand(study.load_spec("demo"), tmp_path, tasks=["digits"], seeds=[0])
+
+    def run_of(part, variant):
+        return next(r for r in plan.runs
+                    if any(m[0] == part and m[2].get("variant") == variant for m in r.members))
+    naive, orca = run_of("proxy", "naive"), run_of("proxy", "text")
+    assert run_of("freezing", "untrained").id == naive.id     # one run serves RQ1 and RQ3
+    spec = REGISTRY["digits"].spec
+    model, notes = build_model(spec, naive.config)
+    aligned, aligned_notes = build_model(spec, orca.config)
+    assert notes == [] and "embedding LayerNorm" in aligned_notes
+    body_ln = model.body.embedding_layernorm()
+    emb = model.embedder
+    # a fresh LayerNorm, not the body's
+    assert torch.equal(emb.norm.weight, torch.ones_like(emb.norm.weight))
+    assert torch.equal(emb.norm.bias, torch.zeros_like(emb.norm.bias))
+    assert not torch.equal(body_ln.weight, emb.norm.weight)
+    assert torch.equal(aligned.embedder.norm.weight, body_ln.weight)
+    # the patch conv re-drawn: trunc-normal std 0.02, zero bias (ORCA's xavier otherwise)
+    w = emb.proj.weight
+    assert torch.count_nonzero(emb.proj.bias) == 0
+    assert w.std().item() == pytest.approx(0.02, rel=0.1)
+    fan_in, fan_out = w[0].numel(), w.shape[0] * w[0, 0].numel()
+    xavier = math.sqrt(2.0) * math.sqrt(6.0 / (fan_in + fan_out))   # ORCA's uniform bound
+    assert aligned.embedder.proj.weight.abs().max() <= xavier < w.abs().max()
+    # positions stay the embedder's own random ones
+    n = emb.n_tokens
+    assert not torch.allclose(emb.pos, model.body.position_embeddings()[:n])
+
+
+def test_set_label_grad_reaches_every_run(tmp_path):
+    spec = study.load_spec("demo")
+    default = study.expand(spec, tmp_path, seeds=[0])
+    detached = study.expand(spec, tmp_path, seeds=[0], overrides=["align.label_grad=false"])
+    assert all(r.config.align.label_grad is True for r in default.runs)
+    assert all(r.config.align.label_grad is False for r in detached.runs)
+    assert not {r.id for r in default.runs} & {r.id for r in detached.runs}
+
+
+def test_task_presets_give_each_task_its_config(tmp_path):
+    spec = {"name": "presets", "base": {"train": {"epochs": 99, "batch_size": 7}},
+            "tasks": ["nb360/satellite", {"preset": "nb360/ecg", "set": {"train.epochs": 2}}],
+            "seeds": [0], "variants": [{"label": "naive", "set": {"align.proxy": "none"}}]}
+    plan = study.expand(spec, tmp_path)
+    sat, ecg = (next(r for r in plan.runs if r.task == t) for t in ("satellite", "ecg"))
+    # the preset (configs/nb360/*.yaml) overrides base; the task's `set` and variants override it
+    assert sat.config.body.name == ecg.config.body.name == "roberta-base"
+    assert sat.config.train.epochs == 60 and ecg.config.train.epochs == 2
+    assert sat.config.train.batch_size == 16 and sat.config.train.lr == 3e-5
+    assert sat.config.align.label_grad is False and sat.config.align.proxy == "none"
+    assert sat.members[0][2]["preset"] == "nb360/satellite"
+    only = study.expand(spec, tmp_path, tasks=["nb360/ecg"])
+    assert {r.task for r in only.runs} == {"ecg"}
+    with pytest.raises(UserError, match="task preset 'nb360/nope' not found"):
+        study.expand({**spec, "tasks": ["nb360/nope"]}, tmp_path)
+
+
+@pytest.mark.parametrize("name, runs, tasks", [
+    ("paper-proxy", 63, {"cifar100", "ninapro", "darcy-nb360", "satellite", "deepsea", "ecg"}),
+    ("paper-align-epochs", 108, {"cifar100", "ninapro", "darcy-nb360", "satellite", "deepsea",
+                                 "ecg"}),
+    ("paper-freezing", 144, {"cifar100", "ninapro", "darcy-nb360", "satellite", "deepsea",
+                             "ecg"}),
+    ("paper-pretraining", 45, {"satellite", "deepsea", "ecg"}),
+])
+def test_paper_studies_dry_run_offline(name, runs, tasks, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("XMODAL_DATA_DIR", raising=False)
+    out = tmp_path / "study"
+    assert main(["study", "run", name, "--out", str(out), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert not out.exists()                                   # nothing written
+    assert lines[-1].startswith(f"study '{name}' (") and f": {runs} runs; about " in lines[-1]
+    planned = lines[:runs]
+    assert len(planned) == runs and {line.split()[0] for line in planned} == tasks
+    assert all(line.split()[-2:] in (["seed", "0"], ["seed", "1"], ["seed", "2"])
+               for line in planned)
+    bodies = {line.split()[1] for line in planned}
+    if name == "paper-pretraining":
+        assert bodies == {"roberta-base", "nyu-mll/roberta-base-1B-2",
+                          "nyu-mll/roberta-base-100M-3", "nyu-mll/roberta-base-10M-3"}
+    else:
+        assert bodies == {"roberta-base", "microsoft/swin-base-patch4-window7-224-in22k"}
+    hours = float(lines[-1].split("about ")[1].split()[0])
+    plan = study.expand(study.load_spec(name), out)
+    assert hours == pytest.approx(plan.gpu_hours()[0], abs=0.5) and plan.gpu_hours()[1] == 0
+
+
+def test_paper_proxy_uses_the_papers_proxies_per_modality(tmp_path):
+    plan = study.expand(study.load_spec("paper-proxy"), tmp_path, seeds=[0])
+    proxies = {}
+    for r in plan.runs:
+        proxies.setdefault(r.task, set()).add(r.config.align.proxy)
+    assert proxies["cifar100"] == proxies["ninapro"] == {"none", "cifar10", "mnist", "fakedata"}
+    assert proxies["satellite"] == proxies["ecg"] == {"none", "text", "fake-text"}
+    naive = [r for r in plan.runs if r.config.align.proxy == "none"]
+    assert all(not r.config.embedder.init_from_body for r in naive)
 
 
 def test_demo_covers_all_four_experiments_and_shares_runs(tmp_path):
@@ -209,7 +328,7 @@ def test_alignment_is_shared_and_traced(tmp_path):
 
 
 def study_report(out):
-    from xmodal.report import write_report
+    from xmodal.study.report import write_report
     return write_report(out)
 
 
@@ -279,10 +398,10 @@ def test_parallel_workers(tmp_path, capsys):
 
 
 def test_console_shows_runs_in_flight_and_quiet_shows_nothing(capsys):
-    console = study._Console(total=3, initial=0, name="s", quiet=False)
+    console = runner._Console(total=3, initial=0, name="s", quiet=False)
     console.running(["a", "b"], "b")
     console.advance("done a")
-    quiet = study._Console(total=3, initial=0, name="s", quiet=True)
+    quiet = runner._Console(total=3, initial=0, name="s", quiet=True)
     quiet.running(["a"], "a")
     quiet.advance("done a")
     lines = capsys.readouterr().err.splitlines()

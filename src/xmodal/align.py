@@ -8,6 +8,12 @@ Dense / multi-label targets get k-means pseudo-labels. Objectives: `otdd` (Sinkh
 target class is one label against the full labelled source, as ORCA calls it), `otdd-gaussian`,
 `mmd` (Gaussian kernel, median-heuristic bandwidth) and `l2` (squared distance of the means).
 
+The optimiser is ORCA's by default: the task's optimiser type (`align.optimizer: task`) with
+betas `align.betas` (0.9, 0.98); the lr is `align.lr`, else from `train.lr` by `align.lr_rule`
+(`orca`: 10x when train.lr <= 1e-3, else train.lr); a MultiStepLR multiplies it by
+`align.lr_gamma` (0.2) after the embedder epochs in `align.lr_milestones` (20, 40, 60).
+`align.label_grad: false` detaches OTDD's label-to-label distances, as ORCA's code does.
+
 The embedder state after every epoch (0 = before any step) is saved as
 `embedder_epoch_{k}.safetensors` in a stage folder keyed by `alignment_key(cfg)`:
 `align.cache_dir/<key>/` when a cache dir is set (shared by every run with the same alignment
@@ -36,14 +42,48 @@ from .config import LATE_KEYS
 from .errors import UserError
 from .proxies import proxy_features
 
-ALIGN_VERSION = "align-v1"   # bump when the algorithm changes: invalidates stored stages
+ALIGN_VERSION = "align-v2"   # bump when the algorithm changes: invalidates stored stages
 NON_KEY_ALIGN = ("from_epoch", "cache_dir")
 
 
 # ----------------------------------------------------------------------------- keys & folders
 
+ORCA_LR_LIMIT = 1e-3   # ORCA multiplies the task lr by 10 for the embedder only up to this
+
+
 def resolved_lr(cfg) -> float:
-    return cfg.align.lr if cfg.align.lr is not None else 10.0 * cfg.train.lr
+    """align.lr, else `10x`: 10 x train.lr; `orca`: 10 x train.lr when train.lr <= 1e-3,
+    else train.lr."""
+    if cfg.align.lr is not None:
+        return cfg.align.lr
+    if cfg.align.lr_rule == "10x" or cfg.train.lr <= ORCA_LR_LIMIT:
+        return 10.0 * cfg.train.lr
+    return cfg.train.lr
+
+
+def optimizer_kind(cfg) -> str:
+    """adamw, adam or sgd: align.optimizer, or the task's own (train.optimizer) for `task`."""
+    return cfg.train.optimizer if cfg.align.optimizer == "task" else cfg.align.optimizer
+
+
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    """The stage-2 optimiser over the embedder's parameters."""
+    lr, wd, kind = resolved_lr(cfg), cfg.train.weight_decay, optimizer_kind(cfg)
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.train.momentum, weight_decay=wd)
+    betas = tuple(cfg.align.betas)
+    if kind == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=wd)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=wd)
+    raise UserError(f"align.optimizer 'task' needs train.optimizer adamw, adam or sgd; got {kind!r}")
+
+
+def make_schedule(opt, cfg):
+    """lr x align.lr_gamma after each embedder epoch in align.lr_milestones (stepped once per
+    embedder epoch)."""
+    return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.align.lr_milestones),
+                                                gamma=cfg.align.lr_gamma)
 
 
 def alignment_identity(cfg) -> dict:
@@ -56,7 +96,8 @@ def alignment_identity(cfg) -> dict:
             "body": dataclasses.asdict(cfg.body), "embedder": dataclasses.asdict(cfg.embedder),
             "align": {k: v for k, v in dataclasses.asdict(cfg.align).items()
                       if k not in NON_KEY_ALIGN and LATE_KEYS.get(f"align.{k}", object()) != v},
-            "seed": cfg.run.seed, "lr": resolved_lr(cfg), "weight_decay": cfg.train.weight_decay}
+            "seed": cfg.run.seed, "lr": resolved_lr(cfg), "weight_decay": cfg.train.weight_decay,
+            "optimizer": optimizer_kind(cfg), "momentum": cfg.train.momentum}
 
 
 def alignment_key(cfg) -> str:
@@ -151,7 +192,7 @@ def _train(model, data, cfg, device, folder: Path, progress: bool, log) -> dict:
     a = cfg.align
     started = time.time()
     xs, ys, pinfo = proxy_features(a.proxy, model.body, cfg, device)
-    objective = build_objective(a.objective, xs, ys, a.eps, a.inner_eps, a.max_iter)
+    objective = build_objective(a.objective, xs, ys, a.eps, a.inner_eps, a.max_iter, a.label_grad)
     labels, tinfo = target_labels(data, cfg)
     groups, weights = class_groups(labels)
     flags = _train_only_embedder(model)
@@ -164,7 +205,8 @@ def _train(model, data, cfg, device, folder: Path, progress: bool, log) -> dict:
     summary = {"key": alignment_key(cfg), "objective": a.objective, "proxy": a.proxy,
                "epochs": a.epochs, "source_classes": int(ys.max()) + 1, "n_source": int(len(ys)),
                "source": _jsonable(pinfo), "target": tinfo, "lr": resolved_lr(cfg),
-               "step_per": a.step_per, "steps": steps, "trace": trace,
+               "optimizer": optimizer_kind(cfg), "lr_milestones": list(a.lr_milestones),
+               "lr_gamma": a.lr_gamma, "label_grad": a.label_grad, "step_per": a.step_per, "steps": steps, "trace": trace,
                "seconds": time.time() - started, "identity": alignment_identity(cfg)}
     artifacts.write_json(folder / "done.json", summary)
     return summary
@@ -172,27 +214,31 @@ def _train(model, data, cfg, device, folder: Path, progress: bool, log) -> dict:
 
 def _epochs(model, x_train, groups, weights, objective, cfg, device, folder, started,
             progress, log) -> tuple[list, int]:
-    """Trace entry k = the objective of the embedder after k steps (epochs); saves each state."""
+    """Trace entry k = the objective of the embedder after k epochs, and `lr`, the lr of the
+    step(s) of epoch k + 1 (none after the last); saves each state."""
     from tqdm.auto import tqdm
     a = cfg.align
     rng = np.random.default_rng(cfg.run.seed)
-    opt = torch.optim.AdamW(model.embedder.parameters(), lr=resolved_lr(cfg),
-                            weight_decay=cfg.train.weight_decay)
+    opt = make_optimizer(model.embedder.parameters(), cfg)
+    schedule = make_schedule(opt, cfg)
     trace, steps = [], 0
     bar = tqdm(range(a.epochs + 1), desc="align", file=sys.stderr, leave=False,
                disable=not (progress and sys.stderr.isatty()))
     for k in bar:
         if k > 0 and a.step_per == "class":
             steps += _class_steps(model, x_train, groups, weights, objective, opt, rng, a, device)
+            schedule.step()
         with_grad = a.step_per == "epoch" and k < a.epochs
         opt.zero_grad(set_to_none=True)
         value = epoch_value(model, x_train, groups, weights, objective, rng, a.maxsamples,
                             device, with_grad)
-        trace.append({"epoch": k, "otdd": value, "seconds": round(time.time() - started, 3)})
+        trace.append({"epoch": k, "otdd": value, "seconds": round(time.time() - started, 3),
+                      "lr": opt.param_groups[0]["lr"] if k < a.epochs else None})
         artifacts.save_safetensors(model.embedder.state_dict(), embedder_path(folder, k),
                                    {"epoch": k, "key": alignment_key(cfg)})
         if with_grad:
             opt.step()
+            schedule.step()
             steps += 1
         bar.set_postfix({a.objective: f"{value:.4g}"})
         if progress:
@@ -285,12 +331,14 @@ def class_groups(labels: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
 # ----------------------------------------------------------------------------- objectives
 
 def build_objective(name: str, xs: torch.Tensor, ys: torch.Tensor, eps: float,
-                    inner_eps: float = 0.1, max_iter: int = 2000):
-    """A callable target-features (m, d) -> scalar, with the source-only terms cached."""
+                    inner_eps: float = 0.1, max_iter: int = 2000, label_grad: bool = True):
+    """A callable target-features (m, d) -> scalar, with the source-only terms cached.
+    `label_grad` False: OTDD's label-to-label distances are constants (ORCA)."""
     if name in ("otdd", "otdd-gaussian"):
         from .otdd import OTDD
         inner = "sinkhorn" if name == "otdd" else "gaussian"
-        return OTDD(xs, ys, inner=inner, eps=eps, inner_eps=inner_eps, max_iter=max_iter)
+        return OTDD(xs, ys, inner=inner, eps=eps, inner_eps=inner_eps, max_iter=max_iter,
+                    label_grad=label_grad)
     if name == "mmd":
         return GaussianMMD(xs)
     if name == "l2":

@@ -10,12 +10,14 @@ initialising embedders and for computing proxy-dataset features.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .config import BodyConfig
@@ -58,6 +60,8 @@ class Body(nn.Module):
 
     def forward(self, tokens: torch.Tensor, grid: tuple) -> tuple[torch.Tensor, tuple]:
         fam = self.info.family
+        if fam == "swin" and len(grid) == 1:
+            return self._swin_1d(tokens)
         if fam == "swin":
             out = self.model.encoder(tokens, input_dimensions=tuple(grid))
             hidden = self.model.layernorm(out.last_hidden_state)
@@ -67,6 +71,24 @@ class Body(nn.Module):
             return self.model.layernorm(self._vit_layers(tokens)), grid
         encoder = self.model.encoder if hasattr(self.model, "encoder") else self.model.transformer
         return encoder(tokens).last_hidden_state, grid   # DistilBERT calls it `transformer`
+
+    def _swin_1d(self, tokens: torch.Tensor) -> tuple[torch.Tensor, tuple]:
+        """1D tokens on Swin (ORCA allows it). Swin's windows and patch merging need the 2D
+        token grid of its pre-training images (56 x 56 for swin-base at 224 / 4): the n tokens
+        are laid row by row on the squarest h x w grid (the last row repeats the last token) and
+        resized to that grid (bilinear), as an image would be. Returns the output tokens in
+        row-major order as a 1D grid."""
+        b, n, d = tokens.shape
+        h = math.isqrt(n - 1) + 1 if n > 1 else 1
+        w = -(-n // h)
+        if h * w > n:
+            tokens = torch.cat([tokens, tokens[:, -1:].expand(b, h * w - n, d)], dim=1)
+        side = self.info.image_size // self.info.patch_size
+        img = tokens.transpose(1, 2).reshape(b, d, h, w)
+        img = F.interpolate(img, size=(side, side), mode="bilinear", align_corners=False)
+        out = self.model.encoder(img.flatten(2).transpose(1, 2), input_dimensions=(side, side))
+        hidden = self.model.layernorm(out.last_hidden_state)
+        return hidden, (hidden.shape[1],)
 
     def _vit_layers(self, hidden: torch.Tensor) -> torch.Tensor:
         if hasattr(self.model, "encoder"):  # transformers < 5.20
@@ -173,11 +195,18 @@ def _build_model(cfg: BodyConfig):
 
 
 def _apply_overrides(hf_cfg, cfg: BodyConfig) -> None:
+    """body.dropout sets hidden and attention dropout only (as ORCA): Swin keeps its stochastic
+    depth unless body.drop_path is set."""
     if cfg.dropout is not None:
         for key in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout",
-                    "attention_dropout", "drop_path_rate"):
+                    "attention_dropout"):
             if hasattr(hf_cfg, key):
                 setattr(hf_cfg, key, float(cfg.dropout))
+    if cfg.drop_path is not None:
+        if not hasattr(hf_cfg, "drop_path_rate"):
+            raise UserError(f"body.drop_path: '{cfg.name}' has no stochastic depth "
+                            f"(drop_path_rate); leave body.drop_path unset")
+        hf_cfg.drop_path_rate = float(cfg.drop_path)
     if cfg.num_layers is not None:
         if hf_cfg.model_type == "swin":
             raise UserError("body.num_layers is not supported for Swin bodies (stages, not layers)")

@@ -212,6 +212,9 @@ def _study_parser(sub) -> None:
     run.add_argument("--ray-gpus", type=float, default=None, metavar="G",
                      help="GPUs per run for CUDA runs, e.g. 1 or 0.5 (default 0: runs see no GPU)")
     run.add_argument("--fresh", action="store_true", help="delete DIR first")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the planned runs (task, body, variant, seed), their count and a "
+                          "GPU-hours estimate; train nothing, write nothing")
     run.add_argument("--quiet", action="store_true", help="no progress or summary lines; "
                      "only failures are reported (on stderr)")
     st = _command(ssub, "status", "counts and failures of a study folder",
@@ -357,7 +360,7 @@ def cmd_study(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import write_report
+    from .study.report import write_report
     path = write_report(args.dir)
     print(f"report written to {path}")
     return 0

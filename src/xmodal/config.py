@@ -47,6 +47,7 @@ class BodyConfig:
     name: str = "minilm"             # minilm | hub name | local folder | vit-tiny-random
     pretrained: bool = True          # False: random init from the same config (RQ4 baseline)
     dropout: Optional[float] = None  # override hidden/attention dropout
+    drop_path: Optional[float] = None  # override stochastic depth (Swin drop_path_rate; ORCA: 0.1)
     num_layers: Optional[int] = None  # keep only the first k layers
 
 
@@ -66,7 +67,13 @@ class AlignConfig:
     objective: str = "otdd"          # otdd | otdd-gaussian | mmd | l2
     maxsamples: int = 64             # target samples per class per epoch
     n_source: int = 5000             # proxy samples
-    lr: Optional[float] = None       # default: 10 x train.lr
+    lr: Optional[float] = None       # default: from train.lr by align.lr_rule
+    lr_rule: str = "orca"            # orca: 10 x train.lr if train.lr <= 1e-3, else train.lr | 10x
+    optimizer: str = "task"          # task (train.optimizer's type, as ORCA) | adamw | adam | sgd
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # Adam(W) betas (ORCA)
+    lr_milestones: list[int] = field(default_factory=lambda: [20, 40, 60])  # embedder epochs
+    lr_gamma: float = 0.2            # lr x gamma after each milestone (ORCA's StepLR)
+    label_grad: bool = True          # True: gradient through OTDD's label term; False: detached (ORCA)
     step_per: str = "epoch"          # epoch (ORCA) | class
     pseudo_labels: int = 10          # k-means clusters for dense / multi-label targets
     eps: float = 0.1                 # outer Sinkhorn entropic regularisation of OTDD
@@ -85,7 +92,7 @@ class TrainConfig:
     max_epochs: int = 100            # the automatic budget's ceiling of epochs
     lr: float = 1e-4
     optimizer: str = "adamw"         # adamw | sgd
-    betas: list = field(default_factory=lambda: [0.9, 0.98])  # Adam betas (ORCA: 0.9, 0.98)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # Adam betas (ORCA: 0.9, 0.98)
     embedder_lr_mult: float = 1.0    # the embedder's lr = train.lr x this
     predictor_lr_mult: float = 1.0   # the predictor's lr = train.lr x this
     weight_decay: float = 0.0
@@ -143,6 +150,8 @@ CHOICES = {
     "embedder.norm_order": ("pre-pos", "post-pos"),
     "align.objective": ("otdd", "otdd-gaussian", "mmd", "l2"),
     "align.step_per": ("epoch", "class"),
+    "align.lr_rule": ("orca", "10x"),
+    "align.optimizer": ("task", "adamw", "adam", "sgd"),
     "train.optimizer": ("adamw", "sgd"),
     "train.schedule": ("cosine", "linear", "constant"),
     "train.finetune": FINETUNE_MODES,
@@ -153,7 +162,8 @@ CHOICES = {
 POSITIVE = {"train.embedder_lr_mult": 0, "train.predictor_lr_mult": 0, "train.min_steps": 1, "train.max_epochs": 1, "task.min_val": 1, "train.accumulate": 1, "train.lr": 0,
             "embedder.seq_len": 1, "train.eval_batch_size": 1, "align.maxsamples": 2,
             "align.epochs": 0, "align.n_source": 2, "run.num_workers": 0, "align.eps": 0,
-            "align.inner_eps": 0, "align.max_iter": 1}
+            "align.inner_eps": 0, "align.max_iter": 1,
+            "align.lr_gamma": 0}
 OPTIONAL_MIN = {"train.clip": 0, "run.threads": 1}   # None allowed, else >= the bound
 MAX_YAML_VALUES = 100_000   # values a YAML document may expand to through aliases
 
@@ -170,6 +180,9 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         return float(value)
     if tp is dict and isinstance(value, dict):
         return value
+    if origin is list and isinstance(value, list):
+        (item,) = typing.get_args(tp)
+        return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if isinstance(tp, type) and isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
         return value
     name = getattr(tp, "__name__", str(tp))
@@ -370,10 +383,16 @@ def validate(cfg: Config) -> None:
         raise UserError("config key 'task.val_fraction' must be between 0 and 1")
     if cfg.train.warmup_epochs < 0:
         raise UserError("config key 'train.warmup_epochs' must be >= 0")
-    betas = cfg.train.betas
-    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-        raise UserError(f"config key 'train.betas' must be two numbers in [0, 1), e.g. [0.9, 0.98]; "
-                        f"got {betas!r}")
+    for key, betas in (("train.betas", cfg.train.betas), ("align.betas", cfg.align.betas)):
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0
+                                      for b in betas):
+            raise UserError(f"config key '{key}' must be two numbers in [0, 1), e.g. "
+                            f"[0.9, 0.98]; got {betas!r}")
+    if cfg.body.drop_path is not None and not 0.0 <= cfg.body.drop_path < 1.0:
+        raise UserError(f"config key 'body.drop_path' must be in [0, 1); got {cfg.body.drop_path!r}")
+    if any(m < 1 for m in cfg.align.lr_milestones):
+        raise UserError(f"config key 'align.lr_milestones' must list embedder epochs >= 1 "
+                        f"(or be []); got {cfg.align.lr_milestones!r}")
 
 
 def check_run_name(name: Optional[str]) -> None:
@@ -384,6 +403,7 @@ def check_run_name(name: Optional[str]) -> None:
             or Path(name).is_absolute():
         raise UserError(f"config key 'run.name' must be a plain folder name inside run.out "
                         f"(no '/', '\\', '..' or absolute path); got {name!r}")
+
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -69,9 +69,6 @@ class Embedder(nn.Module):
         super().__init__()
         dim = body.info.in_dim
         self.input_shape = tuple(input_shape)
-        if len(input_shape) == 2 and body.info.family == "swin":
-            raise UserError("a Swin body needs 2D inputs (C, H, W); for 1D series (C, L) use a "
-                            "text body such as minilm or roberta-base")
         if len(input_shape) == 2:
             channels, length = input_shape
             self.stride, self.padded, tokens = plan_1d(length, seq_len)

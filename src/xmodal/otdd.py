@@ -725,13 +725,17 @@ class OTDD:
     OT_eps), ``outer`` in {"sinkhorn", "exact"}, ``max_iter``/``tol`` (Sinkhorn stopping rule:
     L1 marginal error of the plan, default 1e-3; see :class:`SolverOptions`), ``shrinkage``
     ("auto" = Ledoit-Wolf, or a float in [0, 1]) for the Gaussian covariances,
-    ``maxsamples_per_class`` (deterministic subsample of each class for the inner distances).
+    ``maxsamples_per_class`` (deterministic subsample of each class for the inner distances),
+    ``label_grad`` (False: the label-to-label distances W are constants for autograd, as in
+    ORCA's code, so the gradient flows only through the feature term).
     """
 
     def __init__(self, x_src: Tensor, y_src: Tensor, *, inner: str = "sinkhorn",
                  eps: float = 0.1, inner_eps: float = 0.1, debiased: bool = True,
                  outer: str = "sinkhorn", max_iter: int = 2000, tol: float = 1e-3,
-                 shrinkage: float | str = "auto", maxsamples_per_class: int | None = None):
+                 shrinkage: float | str = "auto", maxsamples_per_class: int | None = None,
+                 label_grad: bool = True):
+        self.label_grad = label_grad
         self.settings = st = _settings(inner, eps, inner_eps, debiased, outer, max_iter, tol,
                                        shrinkage, maxsamples_per_class)
         codes, k = _prepare(x_src, y_src, "source", inner)
@@ -752,12 +756,15 @@ class OTDD:
         D_st = sq_dists(self.x, xt, self.sq_norms)
         D_tt = sq_dists(xt, xt) if _needs_self_dists(st) else None
         tstats = _ClassStats(xt, codes, k, st, D_tt)
-        W_st = _label_matrix(self.stats, tstats, st, D_st)
+        W_st = self._labels(_label_matrix(self.stats, tstats, st, D_st))
         value = _outer_value(_outer_cost(D_st, self.codes, codes, W_st), st)
         if not st.debiased:
             return value
-        W_tt = _label_matrix(tstats, tstats, st, D_tt, symmetric=True)
+        W_tt = self._labels(_label_matrix(tstats, tstats, st, D_tt, symmetric=True))
         return value - 0.5 * self.self_src - 0.5 * _outer_self_value(D_tt, codes, W_tt, st)
+
+    def _labels(self, W: Tensor) -> Tensor:
+        return W if self.label_grad else W.detach()
 
 
 def _needs_self_dists(st: _Settings) -> bool:

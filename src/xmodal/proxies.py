@@ -10,7 +10,8 @@ The proxy must match the BODY's modality (ORCA's rule), not the task's:
   uniform random labels, 10 classes). Resized to the body's image size, 3 channels, normalised
   with the body's image statistics, mean over the embedding's tokens.
 * text proxies (text bodies): `text` (token-level features with a linguistic tag per token:
-  ORCA's precomputed `text_xs.npy`/`text_ys.npy`, or CoNLL-2003 files with NER tags, from
+  ORCA's precomputed `text_xs.npy`/`text_ys.npy` or `text_xs_32.npy`/`text_ys_32.npy` (3-D:
+  averaged over the token axis, as ORCA), or CoNLL-2003 files with NER tags, from
   `align.proxy_dir`; offline default: the Brill part-of-speech lexicon shipped in the textblob
   wheel, coarse POS classes) and `fake-text` (Gaussian vectors with the per-dimension mean/std of
   `text`, uniform random labels over as many classes as `text`).
@@ -137,8 +138,8 @@ def _source_fingerprint(name: str, cfg) -> list:
     folder = cfg.align.proxy_dir
     files = []
     if name in ("text", "fake-text"):
-        npy = [Path(folder) / f for f in ("text_xs.npy", "text_ys.npy")] if folder else []
-        files = ([p for p in npy if p.is_file()] or _text_files(folder)
+        npy = list(_orca_text_files(folder) or [])
+        files = (npy or _text_files(folder)
                  or [_lexicon_path(required=False)])
     elif name == "mnist" and folder:
         files = list(_mnist_files(Path(folder), required=False))
@@ -299,8 +300,9 @@ def _image_features(images: np.ndarray, body, batch: int = 128) -> torch.Tensor:
 def text_features(body, cfg) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Token-level text features (see the module docstring for the sources, in order)."""
     folder, n = cfg.align.proxy_dir, cfg.align.n_source
-    if folder and (Path(folder) / "text_xs.npy").is_file():
-        return _precomputed_text(Path(folder), body, n)
+    pair = _orca_text_files(folder)
+    if pair:
+        return _precomputed_text(pair, body, n)
     files = _text_files(folder)
     if files:
         sentences, tags = read_conll(files)
@@ -314,15 +316,29 @@ def text_features(body, cfg) -> tuple[torch.Tensor, torch.Tensor, dict]:
     return x, y, {"source": source, "level": "token", "label_names": names}
 
 
-def _precomputed_text(folder: Path, body, n: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    if not (folder / "text_ys.npy").is_file():
-        raise UserError(f"{folder} has text_xs.npy but no text_ys.npy")
-    x, y = np.load(folder / "text_xs.npy"), np.load(folder / "text_ys.npy")
-    x, y = _check_xy(x.reshape(len(x), -1) if x.ndim > 2 else x, y, body, folder / "text_xs.npy")
+ORCA_TEXT_FILES = (("text_xs.npy", "text_ys.npy"), ("text_xs_32.npy", "text_ys_32.npy"))
+
+
+def _orca_text_files(folder: Optional[str]) -> Optional[tuple[Path, Path]]:
+    """ORCA's precomputed text features in `folder` (features, labels), if there are any."""
+    for xs, ys in ORCA_TEXT_FILES:
+        if folder and (Path(folder) / xs).is_file():
+            if not (Path(folder) / ys).is_file():
+                raise UserError(f"{folder} has {xs} but no {ys}")
+            return Path(folder) / xs, Path(folder) / ys
+    return None
+
+
+def _precomputed_text(pair: tuple[Path, Path], body,
+                      n: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """ORCA's features: (n, d), or (n, tokens, d) (`text_xs_32.npy`: 32 tokens), which ORCA
+    averages over the token axis."""
+    x, y = np.load(pair[0]), np.load(pair[1])
+    x, y = _check_xy(x.mean(axis=1) if x.ndim == 3 else x, y, body, pair[0])
     idx = sample_indices(y, n)
     codes, names = _codes(y[idx], sorted(set(y[idx].tolist())))
     return (torch.as_tensor(x[idx], dtype=torch.float32), torch.as_tensor(codes),
-            {"source": f"precomputed ORCA text features {folder}/text_xs.npy", "level": "token",
+            {"source": f"precomputed ORCA text features {pair[0]}", "level": "token",
              "label_names": [str(v) for v in names]})
 
 

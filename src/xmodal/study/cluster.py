@@ -1,7 +1,7 @@
 """The Ray backend of the study runner: `xmodal study run ... --ray ADDRESS`.
 
-This module owns `RayPool`, a drop-in for `study._Pool` (submit / wait / terminate / close)
-that runs each study run (`study._execute`) as a Ray task on a cluster, and everything that
+This module owns `RayPool`, a drop-in for `runner._Pool` (submit / wait / terminate / close)
+that runs each study run (`execute.execute`) as a Ray task on a cluster, and everything that
 follows from runs leaving the driver's machine:
 
 - connecting (`ray.init`): `auto` (the cluster this machine belongs to), `host:port` or
@@ -19,7 +19,7 @@ follows from runs leaving the driver's machine:
 
 What it does not change: only the driver writes to the SQLite store, and the driver alone
 decides which runs are in flight, so two runs that would train the same alignment never run at
-once (see `study._run_plan`), whichever nodes they land on. Ray is imported lazily: without
+once (see `runner._run_plan`), whichever nodes they land on. Ray is imported lazily: without
 the `cluster` extra nothing here is imported.
 """
 
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .errors import UserError
+from ..errors import UserError
 
 INSTALL_HINT = "pip install 'xmodal[cluster]'"
 PROBE_TIMEOUT = 120.0   # seconds each node gets to answer the shared-folder check
@@ -65,7 +65,7 @@ def failed_result(error: str) -> dict:
 
 def run_on_worker(job: dict, threads: int, gpus: float, marker: Optional[str]) -> dict:
     """One study run inside a Ray worker: check the study folder is the driver's, set threads
-    and GPU visibility, then `study._execute` (which never raises for a failed run)."""
+    and GPU visibility, then `execute.execute` (which never raises for a failed run)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # as the CLI does (cli.main)
     if not gpus:
@@ -83,7 +83,7 @@ def run_on_worker(job: dict, threads: int, gpus: float, marker: Optional[str]) -
         return failed_result(
             f"Ray node {host} does not see the study folder {Path(marker).parent} (the driver's "
             f"marker file is missing): mount the shared folder at the same path on every node")
-    from .study import _execute
+    from .execute import execute
     import torch
     torch.set_num_threads(threads)
     try:
@@ -93,8 +93,8 @@ def run_on_worker(job: dict, threads: int, gpus: float, marker: Optional[str]) -
                      f"{threads} thread(s), CUDA_VISIBLE_DEVICES="
                      f"{os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}\n")
     except OSError:
-        pass  # _execute reports an unwritable folder
-    result = _execute(job)
+        pass  # execute reports an unwritable folder
+    result = execute(job)
     if not gpus and "CUDA" in (result.get("error") or ""):
         result["error"] += " (with --ray, CUDA runs need --ray-gpus, e.g. --ray-gpus 1)"
     return result
@@ -124,7 +124,7 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
 
 
 class RayPool:
-    """Runs on a Ray cluster, with `study._Pool`'s interface. `address`: auto, host:port,
+    """Runs on a Ray cluster, with `runner._Pool`'s interface. `address`: auto, host:port,
     ray://host:port or local. `cpus` / `gpus`: Ray resources per run (gpus may be fractional,
     e.g. 0.5 puts two runs on one GPU); each run uses floor(cpus) (at least 1) torch threads."""
 
@@ -161,7 +161,7 @@ class RayPool:
         kwargs = {"include_dashboard": False, "log_to_driver": False,
                   "logging_level": logging.WARNING if quiet else logging.INFO}
         if self.address == "local":
-            from .study import available_cores
+            from .execute import available_cores
             kwargs["num_cpus"] = available_cores()
         elif self.address != "auto":
             _check_reachable(self.address)
@@ -281,7 +281,7 @@ class RayPool:
             run_id = self.refs.pop(ref)
             try:
                 result = ray.get(ref)
-            except self.ray.exceptions.RayTaskError as exc:   # raised past _execute's guard
+            except self.ray.exceptions.RayTaskError as exc:   # raised past execute's guard
                 cause = getattr(exc, "cause", None)
                 result = failed_result(f"the run's Ray task raised "
                                        f"{_first_line(cause if cause is not None else exc)}")

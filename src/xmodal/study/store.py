@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from .errors import UserError
+from ..errors import UserError
 
 SCHEMA_VERSION = 1
 DB_NAME = "study.db"

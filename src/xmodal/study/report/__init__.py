@@ -1,0 +1,18 @@
+"""Reports of a study folder: figures (PNG), `report.md` and `report.html` in DIR/report/.
+
+Everything is read from the study store (`DIR/study.db`, via `data.load_parts`). Each part of
+the study gets a section from the module of its experiment:
+
+- `rq1_proxy` (proxy): curves per proxy and for naive fine-tuning (paper Fig. 2);
+- `rq2_align_epochs` (align-epochs): OTDD and downstream error per embedder epoch (Fig. 3);
+- `rq3_freezing` (freezing): curves per freezing mode, trained vs untrained embedder (Fig. 4);
+- `rq4_pretraining` (pretraining): error vs pre-training amount, random init included (Fig. 5);
+- `custom`: curves and final metrics per label.
+
+Every number and verdict in the text is computed from the stored results (`..stats`).
+`render` writes report.md and renders report.html from that same markdown.
+"""
+
+from .render import build_sections, write_report
+
+__all__ = ["build_sections", "write_report"]

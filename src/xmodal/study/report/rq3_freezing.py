@@ -1,0 +1,167 @@
+"""RQ3 (`experiment: freezing`): which components need fine-tuning? Per task: curves of the
+freezing modes, trained vs untrained embedder (paper Fig. 4), a table, and sentences on
+fine-tuning the body and on the trained embedder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..stats import Family, Stat
+from .data import (EXPERIMENT_TITLES, Part, Section, curve, curve_field, join, metric_label,
+                   paper_vs_ours, stat_of)
+from .figures import MODE_STYLE, band, collect_legend, fig_name, pyplot, save, suptitle
+
+BODY_FROZEN_MODES = ("freeze-body", "predictor-only")
+MODE_ORDER = ("all", "freeze-embedder", "non-attn", "layernorm", "lora", "freeze-body",
+              "predictor-only")
+MODE_TEXT = {"all": "all (embedder + body + predictor)", "freeze-embedder": "freeze embedder",
+             "freeze-body": "freeze body", "predictor-only": "predictor only",
+             "layernorm": "LayerNorm only", "non-attn": "all but attention", "lora": "LoRA"}
+
+
+def section_freezing(part: Part, out: Path) -> Section:
+    sec = Section(f"{EXPERIMENT_TITLES['freezing']} (part '{part.name}')")
+    done = part.done()
+    tasks = [t for t in part.tasks() if part.done(t)]
+    modes = [m for m in MODE_ORDER if any(r.config["train"]["finetune"] == m for r in done)]
+    emb = _embedder
+    kinds = [k for k in ("trained", "untrained") if any(emb(r) == k for r in done)]
+    if tasks:
+        plt = pyplot()
+        fig, axes = plt.subplots(len(tasks), len(kinds), squeeze=False, sharey="row",
+                                 figsize=(5.2 * len(kinds), 3.8 * len(tasks)))
+        fld_all = set()
+        for i, task in enumerate(tasks):
+            tdone = part.done(task)
+            fld = curve_field(tdone)
+            fld_all.add(fld)
+            metric = metric_label(tdone)
+            for j, kind in enumerate(kinds):
+                ax = axes[i][j]
+                for mode in modes:
+                    runs = [r for r in tdone
+                            if emb(r) == kind and r.config["train"]["finetune"] == mode]
+                    if not runs:
+                        continue
+                    xs, m, s = curve(runs, fld)
+                    color, marker, ls = MODE_STYLE.get(mode, ("#7f7f7f", "o", "-"))
+                    ax.plot(xs, m, ls=ls, marker=marker, color=color, ms=5, lw=1.8,
+                            label=MODE_TEXT.get(mode, mode))
+                    if len(runs) > 1:
+                        band(ax, xs, m, s, color)
+                ax.set_title(f"{task}: {kind} embedder")
+                ax.set_xlabel("fine-tuning epoch")
+                which = "test" if fld == "test_metric" else "validation"
+                ax.set_ylabel(f"{which} {metric}\n(lower is better)")
+                ax.tick_params(labelleft=True)
+                ax.grid(alpha=0.3)
+                ax.xaxis.get_major_locator().set_params(integer=True)
+        seeds = max(len({r.seed for r in part.done(t)}) for t in tasks)
+        which = "test" if fld_all == {"test_metric"} else "validation"
+        suptitle(fig, "RQ3 freezing in fine-tuning: trained (aligned) vs untrained embedder\n"
+                       f"{which} metric per epoch, mean ± 1 std over {seeds} seed(s)")
+        path = save(fig, out / fig_name("rq3", part), collect_legend(list(axes.flat)))
+        sec.blocks.append(("img", path, f"{part.name}: curves per freezing mode"))
+    stats = {t: _mode_stats(part.done(t), modes, kinds) for t in tasks}
+    kind = "trained" if "trained" in kinds else (kinds[0] if kinds else None)
+    fam = _tests(stats, modes, kinds, kind)
+    rows, sentences = [], []
+    for task in tasks:
+        metric = metric_label(part.done(task))
+        st = stats[task]
+        for m in modes:
+            tr, un = st.get((m, "trained"), Stat([])), st.get((m, "untrained"), Stat([]))
+            verdict = fam.text(("embedder", task, m)) if tr.n and un.n else "-"
+            rows.append([task, MODE_TEXT.get(m, m), tr.text() if tr.n else "-",
+                         un.text() if un.n else "-", verdict])
+        if ("body", task) in fam.tests:
+            sentences.append(_body_sentence(task, kind, metric, st, modes, fam))
+        if len(kinds) == 2:
+            verdicts = {m: fam.verdict(("embedder", task, m)) for m in modes
+                        if ("embedder", task, m) in fam.tests}
+            if verdicts:
+                sentences.append(_embedder_sentence(task, verdicts))
+    sec.blocks.append(("table", ["task", "fine-tuned", "trained embedder", "untrained embedder",
+                                 "trained vs untrained"], rows))
+    sec.blocks.append(("ul", sentences or ["No finished runs to compare yet."]))
+    sec.blocks.append(paper_vs_ours("freezing", _ours(fam)))
+    return sec
+
+
+def _mode_stats(tdone: list, modes: list, kinds: list) -> dict:
+    """{(mode, 'trained' | 'untrained'): Stat} of one task."""
+    return {(m, k): stat_of([r for r in tdone
+                             if r.config["train"]["finetune"] == m and _embedder(r) == k])
+            for m in modes for k in kinds}
+
+
+def _embedder(r) -> str:
+    return "trained" if r.aligned else "untrained"
+
+
+def _best_modes(st: dict, modes: list, kind: str):
+    """The best (lowest mean) mode that trains the body and the best that freezes it."""
+    present = [m for m in modes if st[(m, kind)].n]
+    on = [m for m in present if m not in BODY_FROZEN_MODES]
+    off = [m for m in present if m in BODY_FROZEN_MODES]
+    if not on or not off:
+        return None
+    return (min(on, key=lambda m: st[(m, kind)].mean), min(off, key=lambda m: st[(m, kind)].mean))
+
+
+def _tests(stats: dict, modes: list, kinds: list, kind) -> Family:
+    """RQ3's family: per task, the best body-training mode vs the best body-freezing mode, and
+    per mode the trained vs the untrained embedder."""
+    fam = Family()
+    for task, st in stats.items():
+        best = _best_modes(st, modes, kind) if kind else None
+        if best:
+            fam.add(("body", task), st[(best[0], kind)], st[(best[1], kind)])
+        if len(kinds) == 2:
+            for m in modes:
+                if st[(m, "trained")].n and st[(m, "untrained")].n:
+                    fam.add(("embedder", task, m), st[(m, "trained")], st[(m, "untrained")])
+    return fam.adjust()
+
+
+def _body_sentence(task: str, kind: str, metric: str, st: dict, modes: list, fam: Family) -> str:
+    bon, boff = _best_modes(st, modes, kind)
+    text = {"better": "fine-tuning the body helped significantly",
+            "worse": "fine-tuning the body hurt significantly",
+            "same": "fine-tuning the body made no significant difference",
+            "unknown": "the effect of fine-tuning the body: not enough seeds for a verdict"}[
+        fam.verdict(("body", task))]
+    return (f"On {task} ({kind} embedder), {text} ({fam.evidence(('body', task))}): best mode "
+            f"that trains the body ({MODE_TEXT.get(bon, bon)}) {metric} {st[(bon, kind)].text()} "
+            f"vs best mode that freezes it ({MODE_TEXT.get(boff, boff)}) "
+            f"{st[(boff, kind)].text()}.")
+
+
+def _embedder_sentence(task: str, verdicts: dict) -> str:
+    better = [MODE_TEXT.get(m, m) for m, v in verdicts.items() if v == "better"]
+    worse = [MODE_TEXT.get(m, m) for m, v in verdicts.items() if v == "worse"]
+    known = [m for m, v in verdicts.items() if v != "unknown"]
+    if not known:
+        return f"On {task}, trained vs untrained embedder: not enough seeds for a verdict."
+    msg = (f"On {task}, the trained embedder beat the untrained one significantly in "
+           f"{len(better)} of {len(known)} freezing modes"
+           + (f" ({join(better)})" if better else ""))
+    if worse:
+        msg += f" and was worse in {len(worse)} ({join(worse)})"
+    return msg + "."
+
+
+def _ours(fam: Family) -> list:
+    out = []
+    for what, tag in (("The best body-training mode vs the best body-freezing mode", "body"),
+                      ("Trained vs untrained embedder, per freezing mode", "embedder")):
+        keys = [k for k in fam.tests if k[0] == tag]
+        if not keys:
+            continue
+        c = {v: sum(fam.verdict(k) == v for k in keys) for v in ("better", "worse", "same",
+                                                                  "unknown")}
+        out.append(f"{what} ({len(keys)} comparison(s)): {c['better']} significantly lower "
+                   f"error, {c['worse']} higher, {c['same']} no significant difference" +
+                   (f", {c['unknown']} not enough seeds" if c["unknown"] else "") + ".")
+    return out

@@ -1,0 +1,158 @@
+"""RQ4 (`experiment: pretraining`): how much does the body's pre-training matter? Per task:
+final test metric vs pre-training amount (log x when every body has a numeric token count),
+random initialisation included (paper Fig. 5), a table and a sentence.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..stats import Family, num, p_text, spearman
+from .data import (EXPERIMENT_TITLES, Part, RunView, Section, group, join, metric_label,
+                   paper_vs_ours, stat_of)
+from .figures import collect_legend, fig_name, panel_grid, save, suptitle
+
+
+def _is_random(r: RunView) -> bool:
+    return r.config.get("body", {}).get("pretrained", True) is False
+
+
+def _pre_key(r: RunView) -> str:
+    if r.labels.get("variant"):
+        return str(r.labels["variant"])
+    body = r.config.get("body", {}).get("name", "body")
+    return f"{body} (random init)" if _is_random(r) else body
+
+
+def _tokens(runs: list[RunView]) -> Optional[float]:
+    for r in runs:
+        t = r.labels.get("tokens")
+        if t is not None:
+            try:
+                return float(t)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def section_pretraining(part: Part, out: Path) -> Section:
+    sec = Section(f"{EXPERIMENT_TITLES['pretraining']} (part '{part.name}')")
+    tasks = [t for t in part.tasks() if part.done(t)]
+    fam = _tests(part, tasks)
+    rows, sentences = [], []
+    all_numeric = True
+    if tasks:
+        fig, axes = panel_grid(len(tasks), ncols_max=3, w=5.2, h=4.0)
+        for ax, task in zip(axes, tasks):
+            done = part.done(task)
+            metric = metric_label(done)
+            groups = group(done, _pre_key)
+            rnd, pre = _split(groups)
+            tokens = {k: _tokens(v) for k, v in pre.items()}
+            numeric = bool(pre) and all(t is not None and t > 0 for t in tokens.values())
+            all_numeric = all_numeric and numeric
+            if numeric:
+                keys = sorted(pre, key=lambda k: tokens[k])
+                xs = [tokens[k] for k in keys]
+                ms = [stat_of(pre[k]).mean for k in keys]
+                ss = [stat_of(pre[k]).std or 0.0 for k in keys]
+                ax.errorbar(xs, ms, yerr=ss, fmt="o-", color="#1f77b4", capsize=4, lw=1.8,
+                            label="pre-trained body")
+                for k, x, m in zip(keys, xs, ms):
+                    ax.annotate(k, (x, m), textcoords="offset points", xytext=(4, 6), fontsize=8)
+                ax.set_xscale("log")
+                ax.margins(x=0.2)
+                ax.set_xlabel("pre-training tokens (log scale)")
+                for i, (k, runs) in enumerate(rnd.items()):
+                    st = stat_of(runs)
+                    ax.axhline(st.mean, color="black", ls="--", lw=1.4, label="random init")
+                    if st.std:
+                        ax.axhspan(st.mean - st.std, st.mean + st.std, color="black", alpha=0.08)
+            else:
+                keys = list(rnd) + list(pre)
+                xs = np.arange(len(keys))
+                for i, k in enumerate(keys):
+                    st = stat_of(groups[k])
+                    color = "black" if k in rnd else "#1f77b4"
+                    ax.errorbar([i], [st.mean], yerr=[st.std or 0.0], fmt="o", color=color,
+                                capsize=5, ms=8,
+                                label="random init" if k in rnd else "pre-trained body")
+                    for r in groups[k]:
+                        ax.plot([i + 0.12], [r.test], ".", color=color, alpha=0.5)
+                ax.set_xticks(xs, [k.replace(" (", "\n(") for k in keys])
+                ax.set_xlim(-0.6, len(keys) - 0.4)
+                ax.set_xlabel("body (pre-training amount)")
+            ax.set_title(task)
+            ax.set_ylabel(f"test {metric}\n(lower is better)")
+            ax.grid(alpha=0.3)
+            for k in list(rnd) + sorted(pre, key=lambda k: (tokens.get(k) or 0)):
+                st = stat_of(groups[k])
+                tk = "0 (random init)" if k in rnd else \
+                    (num(tokens[k], 2) if tokens.get(k) else "unknown")
+                rows.append([task, k, tk, str(st.n), st.text()])
+            if rnd and pre:
+                rk = list(rnd)[0]
+                best = min(pre, key=lambda k: stat_of(pre[k]).mean)
+                text = {"better": "pre-training helped significantly",
+                        "worse": "pre-training hurt significantly",
+                        "same": "pre-training made no significant difference",
+                        "unknown": "the effect of pre-training: not enough seeds for a verdict"}[
+                    fam.verdict(task)]
+                msg = (f"On {task}, {text} ({fam.evidence(task)}): best pre-trained body "
+                       f"({best}) {metric} "
+                       f"{stat_of(pre[best]).text()} vs random initialisation "
+                       f"{stat_of(rnd[rk]).text()}")
+                if numeric and len(pre) >= 3:
+                    keys = list(pre)
+                    rho = spearman([math.log10(tokens[k]) for k in keys],
+                                   [stat_of(pre[k]).mean for k in keys])
+                    if rho is not None:
+                        msg += (f"; Spearman correlation of error with log pre-training tokens "
+                                f"over {len(keys)} bodies: {rho[0]:+.2f}, p {p_text(rho[1])}")
+                sentences.append(msg + ".")
+        seeds = max(len({r.seed for r in part.done(t)}) for t in tasks)
+        dots = "" if all_numeric else "; small dots: single seeds"
+        suptitle(fig, f"RQ4 pre-training amount: test error after fine-tuning, mean ± 1 std "
+                       f"over {seeds} seed(s){dots}")
+        path = save(fig, out / fig_name("rq4", part), collect_legend(axes), ncol=3)
+        sec.blocks.append(("img", path, f"{part.name}: final error vs pre-training amount"))
+    sec.blocks.append(("table", ["task", "body", "pre-training tokens", "seeds",
+                                 "test (best val) mean ± 95% CI"], rows))
+    sec.blocks.append(("ul", sentences or ["Needs both a pre-trained and a randomly initialised "
+                                           "body to compare."]))
+    sec.blocks.append(paper_vs_ours("pretraining", _ours(fam)))
+    return sec
+
+
+def _split(groups: dict) -> tuple[dict, dict]:
+    """The groups of randomly initialised bodies and those of pre-trained ones."""
+    rnd = {k: v for k, v in groups.items() if all(_is_random(r) for r in v)}
+    return rnd, {k: v for k, v in groups.items() if k not in rnd}
+
+
+def _tests(part: Part, tasks: list) -> Family:
+    """RQ4's family: per task, the best pre-trained body vs random initialisation."""
+    fam = Family()
+    for task in tasks:
+        rnd, pre = _split(group(part.done(task), _pre_key))
+        if rnd and pre:
+            best = min(pre, key=lambda k: stat_of(pre[k]).mean)
+            fam.add(task, stat_of(pre[best]), stat_of(next(iter(rnd.values()))))
+    return fam.adjust()
+
+
+def _ours(fam: Family) -> list:
+    if not fam.tests:
+        return []
+    by = {v: [t for t in fam.tests if fam.verdict(t) == v] for v in ("better", "worse", "same",
+                                                                     "unknown")}
+    return [f"The best pre-trained body vs random initialisation, over {len(fam.tests)} "
+            f"task(s): pre-training helped significantly on {len(by['better'])}"
+            + (f" ({join(by['better'])})" if by["better"] else "")
+            + f", hurt on {len(by['worse'])}, made no significant difference on "
+            f"{len(by['same'])}" + (f" ({join(by['same'])})" if by["same"] else "")
+            + (f"; not enough seeds on {len(by['unknown'])}" if by["unknown"] else "") + "."]

@@ -1,0 +1,361 @@
+"""The local study runner: `run_study` records a `Plan` in the study's store and works
+through it.
+
+Done runs are skipped, interrupted ones (status running, owner process gone) are resumed
+(`fit` continues from `resume.pt`), failed ones are retried once per invocation. Runs go
+in-process (`--workers 1`) or in N spawned processes, each with cores // N torch threads; only
+the main process writes to the store. With `--ray ADDRESS` the runs go to a Ray cluster
+instead (`cluster.RayPool`); the driver still alone writes the store and schedules the runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..errors import UserError
+from .execute import available_cores, execute, worker_init
+from .spec import Plan, PlannedRun, expand, load_spec
+from .store import DB_NAME, Store, is_store, process_token
+
+@dataclass
+class Outcome:
+    total: int
+    done: int
+    failed: list      # [(PlannedRun, error)]
+    skipped: int      # already done before this invocation
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and self.done == self.total
+
+
+class _Console:
+    """The overall progress bar (tty) or one line per finished run (logs, CI)."""
+
+    def __init__(self, total: int, initial: int, name: str, quiet: bool):
+        self.quiet = quiet
+        self.total, self.count = total, initial
+        self.t0, self.first = time.time(), initial
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=f"study {name}", unit="run",
+                            file=sys.stderr, dynamic_ncols=True, position=0,
+                            smoothing=0.0)
+
+    def line(self, msg: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr, flush=True)
+
+    def advance(self, msg: str) -> None:
+        self.count += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.line(msg)
+            return
+        done_here = self.count - self.first
+        left = self.total - self.count
+        eta = (time.time() - self.t0) / done_here * left if done_here else float("nan")
+        self.line(f"[{self.count}/{self.total}] {msg}" +
+                  (f"; ETA {fmt_seconds(eta)}" if left and math.isfinite(eta) else ""))
+
+    def running(self, names: list[str], started: Optional[str] = None) -> None:
+        """Show the runs in flight (several workers): in the bar's postfix on a terminal, else
+        one `start` line per run, so something moves before the first run finishes."""
+        if self.quiet:
+            return
+        if self.bar is None:
+            if started is not None:
+                print(f"start {started}", file=sys.stderr, flush=True)
+            return
+        more = f" (+{len(names) - 1} more)" if len(names) > 1 else ""
+        self.bar.set_postfix_str(f"running: {names[0]}{more}" if names else "", refresh=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def prepare_dir(out: Path, fresh: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' exists and is not a folder")
+    if fresh and out.exists():
+        db = out / DB_NAME
+        if db.exists() and not is_store(db):
+            raise UserError(f"--fresh would delete '{out}', but its {DB_NAME} is not a readable "
+                            f"xmodal study database; delete the folder yourself or pick another "
+                            f"--out")
+        if not db.exists() and any(out.iterdir()):
+            raise UserError(f"--fresh would delete '{out}', which is not a study folder "
+                            f"(no {DB_NAME}); delete it yourself or pick another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def run_study(spec: str | Path | dict, out: str | Path, *, tasks: Optional[list[str]] = None,
+              seeds: Optional[list[int]] = None, overrides: Optional[list[str]] = None,
+              workers: Optional[int] = None, fresh: bool = False, quiet: bool = False,
+              progress: bool = True, ray: Optional[str] = None,
+              ray_cpus: Optional[float] = None, ray_gpus: Optional[float] = None) -> Outcome:
+    """Run (or resume) a study into folder `out`. Returns an `Outcome`; never raises for
+    failed runs (they are stored as failed). `workers` None: the spec's `workers` (else 1).
+
+    `ray`: run on a Ray cluster instead (`cluster.RayPool`; address auto, HOST:PORT,
+    ray://HOST:PORT or local), `ray_cpus` / `ray_gpus` (default 1 / 0) per run; `workers` is
+    then the number of runs in flight (None: as many as the cluster holds at once)."""
+    if ray is not None:
+        return _run_study_ray(spec, out, tasks, seeds, overrides, workers, fresh, quiet,
+                              progress, ray, ray_cpus, ray_gpus)
+    if ray_cpus is not None or ray_gpus is not None:
+        raise UserError("--ray-cpus and --ray-gpus need --ray ADDRESS")
+    spec = load_spec(spec)
+    workers = spec.get("workers", 1) if workers is None else workers
+    if workers < 1:
+        raise UserError("--workers must be >= 1")
+    out = Path(out).expanduser().resolve()
+    plan = expand(spec, out, tasks, seeds, overrides)  # before touching the folder
+    prepare_dir(out, fresh)
+    store = Store(out, create=True)
+    try:
+        return _run_plan(plan, store, out, workers, quiet, progress)
+    finally:
+        store.close()
+
+
+def _run_study_ray(spec, out, tasks, seeds, overrides, workers, fresh, quiet, progress,
+                   address, cpus, gpus) -> Outcome:
+    """`run_study` on a Ray cluster. The spec's `workers` key (a local process count) is not
+    used; the driver (this process) alone writes the store, as with local workers."""
+    from . import cluster
+    cluster.import_ray()                               # the missing-extra error comes first
+    if workers is not None and workers < 1:
+        raise UserError("--workers must be >= 1")
+    spec = load_spec(spec)
+    out = Path(out).expanduser().resolve()
+    plan = expand(spec, out, tasks, seeds, overrides)  # before connecting or touching the folder
+    pool = cluster.RayPool(address, 1.0 if cpus is None else cpus,
+                           0.0 if gpus is None else gpus, quiet=quiet)
+    try:
+        workers = pool.slots() if workers is None else workers
+        prepare_dir(out, fresh)
+        warnings = pool.check_folder(out)
+        store = Store(out, create=True)
+        try:
+            return _run_plan(plan, store, out, workers, quiet, progress, runner=pool,
+                             notes=[pool.describe()] + warnings)
+        finally:
+            store.close()
+    finally:
+        pool.close()
+
+
+def _run_plan(plan: Plan, store: Store, out: Path, workers: int, quiet: bool,
+              progress: bool, runner=None, notes: Optional[list[str]] = None) -> Outcome:
+    started = time.time()
+    store.register({"name": plan.name, "description": plan.description,
+                    "experiment": plan.experiment, "spec": plan.spec},
+                   [{"id": r.id, "task": r.task, "seed": r.seed, "config": r.config.to_dict(),
+                     "axes": r.axes, "run_dir": os.path.relpath(r.run_dir, out),
+                     "members": r.members} for r in plan.runs])
+    reclaimed = store.reclaim_stale()
+    statuses = store.statuses()
+    by_id = {r.id: r for r in plan.runs}
+    already = sum(statuses.get(r.id) == "done" for r in plan.runs)
+    console = _Console(len(plan.runs), already, plan.name, quiet)
+    workers = min(workers, max(1, len(plan.runs) - already))
+    console.line(f"study '{plan.name}': {len(plan.runs)} runs in {out} ({already} done, "
+                 f"{len(plan.runs) - already} to run" +
+                 (f", {len(reclaimed)} interrupted run(s) resumed" if reclaimed else "") +
+                 (f"; {workers} worker(s))" if runner is None else
+                  f"; {workers} run(s) at a time)"))
+    for note in (notes or []) + plan.notes:
+        console.line(f"note: {note}")
+    token = process_token()
+    failed: list = []
+    attempted: set = set()
+    if runner is None:
+        runner = _InProcess(progress and not quiet) if workers == 1 else \
+            _Pool(workers, max(1, available_cores() // workers))
+    in_flight: dict[str, PlannedRun] = {}
+    groups_done: set = set()
+
+    def job(run: PlannedRun) -> dict:
+        return {"id": run.id, "config": run.config, "run_dir": str(run.run_dir),
+                "log": str(out / "logs" / f"{run.id}.log"), "describe": run.describe(),
+                "progress": runner.progress}
+
+    def finish(run_id: str, result: dict) -> None:
+        run = by_id[run_id]
+        in_flight.pop(run_id, None)
+        result["run_dir"] = os.path.relpath(run.run_dir, out)
+        store.record(run_id, result)
+        if result["status"] == "done":
+            if run.align_group():
+                groups_done.add(run.align_group())
+            s = result["summary"]
+            msg = (f"done {run.describe()}: test {s.get('metric')} "
+                   f"{_fmt(s.get('test_metric_best'))} ({result['seconds']:.0f}s)")
+        else:
+            failed.append((run, result.get("error")))
+            msg = f"FAILED {run.describe()}: {result.get('error')}"
+        console.advance(msg)
+        if workers > 1:
+            console.running([r.describe() for r in in_flight.values()])
+
+    def next_run() -> Optional[PlannedRun]:
+        busy_groups = {r.align_group() for r in in_flight.values()} - {None}
+        current = store.statuses()
+        for run in plan.runs:
+            if run.id in attempted or current.get(run.id) not in ("pending", "failed"):
+                continue
+            group = run.align_group()
+            if group in busy_groups and group not in groups_done:
+                continue  # let the first run of this alignment fill the cache
+            if store.claim(run.id, token):
+                attempted.add(run.id)
+                return run
+        return None
+
+    previous = {}
+    if sys.platform != "win32":
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while True:
+            while len(in_flight) < workers:
+                run = next_run()
+                if run is None:
+                    break
+                in_flight[run.id] = run
+                runner.submit(run.id, job(run))
+                if workers > 1:
+                    console.running([r.describe() for r in in_flight.values()], run.describe())
+            if in_flight:
+                for run_id, result in runner.wait():
+                    finish(run_id, result)
+                continue
+            # nothing to start here: wait for runs another process holds, if any
+            store.reclaim_stale()
+            current = store.statuses()
+            others = [r for r in plan.runs if current.get(r.id) == "running"]
+            retry = [r for r in plan.runs if current.get(r.id) == "pending"
+                     and r.id not in attempted]
+            if retry:
+                continue
+            if not others:
+                break
+            console.line(f"waiting for {len(others)} run(s) held by another process ...")
+            time.sleep(5.0)
+    except KeyboardInterrupt:
+        for run_id in list(in_flight):
+            store.release(run_id)
+        runner.terminate()
+        console.close()
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    runner.close()
+    console.close()
+    final = store.statuses()
+    done = sum(final.get(r.id) == "done" for r in plan.runs)
+    return Outcome(len(plan.runs), done, failed, already, time.time() - started)
+
+
+def _raise_interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+class _InProcess:
+    def __init__(self, progress: bool):
+        self.progress = progress
+        self.queue: list = []
+
+    def submit(self, run_id: str, job: dict) -> None:
+        self.queue.append((run_id, job))
+
+    def wait(self):
+        run_id, job = self.queue.pop(0)
+        yield run_id, execute(job)
+
+    def terminate(self) -> None:
+        self.queue.clear()
+
+    def close(self) -> None:
+        pass
+
+
+class _Pool:
+    """N spawned worker processes (concurrent.futures). A worker that dies breaks the pool: the
+    runs in flight at that moment are stored as failed (retried on the next invocation) and a
+    new pool takes the remaining runs."""
+
+    def __init__(self, workers: int, threads: int):
+        self.workers, self.threads = workers, threads
+        self.progress = False
+        self.futures: dict = {}
+        self.pool = self._new()
+
+    def _new(self):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        return ProcessPoolExecutor(max_workers=self.workers,
+                                   mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=worker_init, initargs=(self.threads,))
+
+    def submit(self, run_id: str, job: dict) -> None:
+        from concurrent.futures.process import BrokenProcessPool
+        try:
+            self.futures[self.pool.submit(execute, job)] = run_id
+        except BrokenProcessPool:
+            self.pool = self._new()
+            self.futures[self.pool.submit(execute, job)] = run_id
+
+    def wait(self):
+        from concurrent.futures import FIRST_COMPLETED
+        from concurrent.futures import wait as fwait
+        done, _ = fwait(list(self.futures), return_when=FIRST_COMPLETED)
+        broken = False
+        for fut in done:
+            run_id = self.futures.pop(fut)
+            try:
+                yield run_id, fut.result()
+            except Exception as exc:  # noqa: BLE001 - the worker process died
+                broken = True
+                yield run_id, {"status": "failed", "summary": {}, "history": [], "seconds": 0.0,
+                               "error": f"a worker process died while this run was in flight "
+                                        f"({type(exc).__name__}: {exc})"}
+        if broken:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new()
+
+    def terminate(self) -> None:
+        procs = list((getattr(self.pool, "_processes", None) or {}).values())
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
