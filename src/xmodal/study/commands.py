@@ -132,6 +132,8 @@ def plan_text(plan: Plan) -> str:
         labels = [m[2].get("label") for m in r.members if m[2].get("label")]
         what = ", ".join(dict.fromkeys(labels)) or "-"
         body = r.config.body.name + ("" if r.config.body.pretrained else " (random init)")
+        if r.config.baseline.method != "none":
+            body = "baseline"
         rows.append((r.task, body, what, f"seed {r.seed}"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3]

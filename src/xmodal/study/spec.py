@@ -25,10 +25,11 @@ from ..config import (Config, config_hash, flatten, from_dict, parse_override, p
                       read_text_file, set_dotted)
 from ..errors import UserError
 
-EXPERIMENTS = ("proxy", "align-epochs", "freezing", "pretraining", "custom")
+EXPERIMENTS = ("proxy", "align-epochs", "freezing", "pretraining", "custom", "baselines")
 SPEC_KEYS = {"name", "description", "experiment", "base", "tasks", "seeds", "axes", "variants",
              "parts", "set", "notes", "workers"}
-PART_KEYS = {"name", "experiment", "description", "tasks", "seeds", "axes", "variants", "set"}
+PART_KEYS = {"name", "experiment", "description", "tasks", "seeds", "axes", "variants", "set",
+             "methods"}
 VARIANT_KEYS = {"label", "set", "tags", "if_body"}
 TASK_KEYS = {"name", "preset", "set", "tags"}
 # Config keys the runner owns: a spec may not set them (they would only move files around).
@@ -130,6 +131,14 @@ def _validate_part(part: dict, where: str, fail) -> None:
         fail(f"{where}: variant labels must be distinct")
     if "set" in part and not isinstance(part["set"], dict):
         fail(f"{where}: 'set' must be a mapping of config keys")
+    if "methods" in part:
+        from ..baselines import METHODS
+        methods = part["methods"]
+        if exp != "baselines":
+            fail(f"{where}: 'methods' belongs to a part with experiment: baselines")
+        if not isinstance(methods, list) or not methods or any(m not in METHODS for m in methods):
+            fail(f"{where}: 'methods' must be a non-empty list of {', '.join(METHODS)}; "
+                 f"got {methods!r}")
     if "tasks" in part:
         _check_tasks(part["tasks"], where, fail, required=True)
     _check_seeds(part.get("seeds"), where, fail)
@@ -228,7 +237,11 @@ def run_gpu_hours(run: PlannedRun) -> Optional[float]:
     a task (its estimate for one GPU at full size); None without the tag."""
     per_epoch = next((m[2]["gpu_hours_per_epoch"] for m in run.members
                       if m[2].get("gpu_hours_per_epoch") is not None), None)
-    return None if per_epoch is None else float(per_epoch) * run.config.train.epochs
+    if run.config.baseline.method != "none":
+        return 0.0                       # scikit-learn on the CPU
+    if per_epoch is None or run.config.train.epochs is None:
+        return None                      # no tag, or an automatic budget
+    return float(per_epoch) * run.config.train.epochs
 
 
 def parts_of(spec: dict) -> list[dict]:
@@ -358,10 +371,11 @@ def expand(spec: dict, out: str | Path, tasks: Optional[list[str]] = None,
         experiment = part.get("experiment", "custom")
         part_tasks = _task_entries(part.get("tasks", spec.get("tasks") or []), tasks)
         part_seeds = list(seeds) if seeds else list(part.get("seeds") or spec.get("seeds") or [0])
-        variants = part.get("variants") or [None]
         axes = part.get("axes") or {}
         grid = list(itertools.product(*axes.values())) if axes else [()]
         for t_idx, task in enumerate(part_tasks):
+            variants = (baseline_variants(part, task["name"]) if experiment == "baselines"
+                        else part.get("variants") or [None])
             for v_idx, variant in enumerate(variants):
                 for g_idx, values in enumerate(grid):
                     for seed in part_seeds:
@@ -417,6 +431,18 @@ def expand(spec: dict, out: str | Path, tasks: Optional[list[str]] = None,
     return Plan(spec["name"], spec.get("description", ""),
                 "multi" if "parts" in spec else spec.get("experiment", "custom"), spec, ordered,
                 notes)
+
+
+def baseline_variants(part: dict, task: str) -> list[dict]:
+    """A `baselines` part: one variant per domain method (`methods`, default all) that applies
+    to the task; a task xmodal does not know before loading (npz) keeps the methods given."""
+    from ..baselines import METHODS, applies
+    from ..tasks import REGISTRY, list_specs
+    list_specs()
+    methods = part.get("methods") or list(METHODS)
+    spec = REGISTRY[task].spec if task in REGISTRY else None
+    return [{"label": m, "set": {"baseline.method": m}} for m in methods
+            if spec is None or applies(m, spec)]
 
 
 def _axis_text(values: dict) -> str:

@@ -63,6 +63,7 @@ class Part:
     name: str
     experiment: str
     runs: list = field(default_factory=list)
+    refs: dict = field(default_factory=dict)   # {task: {baseline method: [runs]}}
 
     def tasks(self) -> list[str]:
         return list(dict.fromkeys(r.task for r in self.runs))

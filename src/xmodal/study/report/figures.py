@@ -12,6 +12,7 @@ from typing import Optional
 
 import numpy as np
 
+from .baselines import reference_lines
 from .data import Part, curve, curve_field, group, metric_label
 
 
@@ -115,6 +116,7 @@ def curves_figure(part: Part, path: Path, key, order: list, title: str,
         ax.xaxis.get_major_locator().set_params(integer=True)
     which = "test" if fields == {"test_metric"} else "validation"
     suptitle(fig, f"{title}\n{which} metric per epoch, mean ± 1 std over {seeds} seed(s)")
+    reference_lines(axes, part.refs)
     return save(fig, path, collect_legend(axes))
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from ...artifacts import write_text
 from ..stats import RULE
 from ..store import Store
+from .baselines import baseline_refs, reference_table, section_baselines
 from .custom import section_custom
 from .data import Section, load_parts
 from .rq1_proxy import section_proxy
@@ -39,8 +40,19 @@ def build_sections(folder: Path, out: Path) -> tuple[list[Section], dict]:
         raise UserError(f"study folder '{folder}' has no finished runs to report yet "
                         f"(see `xmodal study status {folder}`)")
     order = {"proxy": 0, "align-epochs": 1, "freezing": 2, "pretraining": 3, "custom": 4}
-    sections = [SECTIONS[p.experiment](p, out) for p in sorted(parts, key=lambda p: order.get(
-        p.experiment, 9)) if p.done()]
+    refs = baseline_refs(parts)
+    sections = []
+    for part in sorted(parts, key=lambda p: order.get(p.experiment, 9)):
+        if part.experiment == "baselines" or not part.done():
+            continue
+        part.refs = refs
+        sec = SECTIONS[part.experiment](part, out)
+        table = reference_table(part.tasks(), refs)
+        if table is not None:   # before the closing paper-vs-ours table, where there is one
+            sec.blocks.insert(len(sec.blocks) - (part.experiment != "custom"), table)
+        sections.append(sec)
+    if refs:
+        sections.append(section_baselines(parts, refs))
     seconds = sum(r["seconds"] or 0 for r in runs)
     meta = {"counts": counts, "studies": studies, "failed": failed, "run_seconds": seconds,
             "n_runs": len(runs)}

@@ -12,6 +12,7 @@ import numpy as np
 from ..stats import Family, Stat, num, p_text, spearman
 from .data import (EXPERIMENT_TITLES, Part, RunView, Section, group, join, metric_label,
                    paper_vs_ours, stat_of)
+from .baselines import reference_lines
 from .figures import band, collect_legend, fig_name, panel_grid, save, suptitle
 
 RHO_RULE = 0.8   # |Spearman rho| from which OTDD and error are said to move together
@@ -90,6 +91,7 @@ def section_align_epochs(part: Part, out: Path) -> Section:
         suptitle(fig, "RQ2 embedder training: OTDD per embedder epoch (blue, left axis) and "
                        "test error after fine-tuning from that epoch's embedder (red, right "
                        f"axis); mean ± 1 std over {seeds} seed(s)")
+        reference_lines(axes, part.refs, twins)
         path = save(fig, out / fig_name("rq2", part),
                      collect_legend(axes + twins), ncol=3)
         sec.blocks.append(("img", path,

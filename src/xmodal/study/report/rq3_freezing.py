@@ -10,6 +10,7 @@ from pathlib import Path
 from ..stats import Family, Stat
 from .data import (EXPERIMENT_TITLES, Part, Section, curve, curve_field, join, metric_label,
                    paper_vs_ours, stat_of)
+from .baselines import reference_lines
 from .figures import MODE_STYLE, band, collect_legend, fig_name, pyplot, save, suptitle
 
 BODY_FROZEN_MODES = ("freeze-body", "predictor-only")
@@ -61,6 +62,7 @@ def section_freezing(part: Part, out: Path) -> Section:
         which = "test" if fld_all == {"test_metric"} else "validation"
         suptitle(fig, "RQ3 freezing in fine-tuning: trained (aligned) vs untrained embedder\n"
                        f"{which} metric per epoch, mean ± 1 std over {seeds} seed(s)")
+        reference_lines(list(axes.flat), part.refs)
         path = save(fig, out / fig_name("rq3", part), collect_legend(list(axes.flat)))
         sec.blocks.append(("img", path, f"{part.name}: curves per freezing mode"))
     stats = {t: _mode_stats(part.done(t), modes, kinds) for t in tasks}

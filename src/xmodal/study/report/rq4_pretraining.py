@@ -14,6 +14,7 @@ import numpy as np
 from ..stats import Family, num, p_text, spearman
 from .data import (EXPERIMENT_TITLES, Part, RunView, Section, group, join, metric_label,
                    paper_vs_ours, stat_of)
+from .baselines import reference_lines
 from .figures import collect_legend, fig_name, panel_grid, save, suptitle
 
 
@@ -118,6 +119,7 @@ def section_pretraining(part: Part, out: Path) -> Section:
         dots = "" if all_numeric else "; small dots: single seeds"
         suptitle(fig, f"RQ4 pre-training amount: test error after fine-tuning, mean ± 1 std "
                        f"over {seeds} seed(s){dots}")
+        reference_lines(axes, part.refs)
         path = save(fig, out / fig_name("rq4", part), collect_legend(axes), ncol=3)
         sec.blocks.append(("img", path, f"{part.name}: final error vs pre-training amount"))
     sec.blocks.append(("table", ["task", "body", "pre-training tokens", "seeds",
