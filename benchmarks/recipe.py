@@ -2,8 +2,10 @@
 
 For every bundled classification task plus darcy, one process runs, in this order:
 - `new`: `xmodal fit --task T` with today's defaults;
-- `old`: the defaults before the recipe change (PyTorch's conv init, LayerNorm after the
-  positions, 3 epochs at batch 32, Adam betas (0.9, 0.999), fp32, a 20% validation carve);
+- `old`: the defaults before the recipe change (PyTorch's conv init, 3 epochs at batch 32,
+  Adam betas (0.9, 0.999), fp32, always a 20% validation carve);
+- `fp32` (with `--variants new,fp32`): today's defaults in fp32, to check that CPU bf16
+  autocast keeps the accuracy (the column new/fp32 s is the time ratio);
 - the domain baselines of `xmodal baseline` (logistic regression and MiniRocket for
   classification; ridge and the mean field for darcy);
 and prints a markdown table of test errors and seconds, with the error ratios new/logreg and
@@ -45,7 +47,7 @@ TASKS = ["digits", "arrowhead", "osuleaf", "basicmotions", "gunpoint", "italypow
 OLD = {"embedder.conv_init": "torch", "embedder.norm_order": "post-pos", "train.epochs": 3,
        "train.batch_size": 32, "train.betas": [0.9, 0.999], "run.precision": "fp32",
        "task.validation": "carve"}
-VARIANTS = {"new": {}, "old": OLD}
+VARIANTS = {"new": {}, "old": OLD, "fp32": {"run.precision": "fp32"}}
 HELDOUT = {"japanesevowels": "JapaneseVowels", "acsf1": "ACSF1"}
 
 
@@ -93,11 +95,13 @@ def run_one(task: str, overrides: dict, out: str, seed: int) -> tuple[float, flo
     return result.test_metric, seconds
 
 
-def bench(tasks: dict, variants: dict, seeds: list[int], out: str) -> list[dict]:
+def bench(tasks: dict, variants: dict, seeds: list[int], out: str,
+          baselines: bool = True) -> list[dict]:
     rows = []
     for label, task in tasks.items():
         spec = REGISTRY[task].spec if task in REGISTRY else None
         methods = default_methods(spec) if spec else ["logreg", "minirocket"]
+        methods = methods if baselines else []
         row = {"task": label}
         for name, overrides in {**variants,
                                 **{m: {"baseline.method": m} for m in methods}}.items():
@@ -114,7 +118,7 @@ def table(rows: list[dict], variants: list[str]) -> str:
     cols = variants + ["logreg", "minirocket", "ridge", "mean"]
     cols = [c for c in cols if any(c in r for r in rows)]
     head = ["task"] + [f"{c} error" for c in cols] + [f"{c} s" for c in cols]
-    head += ["new/logreg", "new/MiniRocket"]
+    head += ["new/logreg", "new/MiniRocket"] + (["new/fp32 s"] if "fp32" in cols else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["task"]] + [_fmt(r.get(c), 4) for c in cols] + [_fmt(r.get(f"{c} s"), 0)
@@ -124,6 +128,8 @@ def table(rows: list[dict], variants: list[str]) -> str:
             b = r.get(base)
             cells.append("-" if ref is None or b is None else
                          ("inf" if b == 0 and ref > 0 else _fmt(ref / b if b else 1.0, 2)))
+        if "fp32" in cols:
+            cells.append(_fmt(r["new s"] / r["fp32 s"], 2) if "new s" in r else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -135,7 +141,8 @@ def _fmt(v, digits: int) -> str:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tasks", default=",".join(TASKS))
-    ap.add_argument("--variants", default="new,old", help="built-in variants: new, old")
+    ap.add_argument("--variants", default="new,old", help="built-in variants: new, old, fp32")
+    ap.add_argument("--no-baselines", action="store_true", help="skip the domain baselines")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:K=V;K=V",
                     help="an extra variant of overrides over the new defaults (repeatable)")
     ap.add_argument("--seeds", default="0")
@@ -154,7 +161,7 @@ def main(argv=None) -> None:
             tasks = {name: heldout_npz(name, Path(tmp)) for name in HELDOUT}
         else:
             tasks = {t: t for t in args.tasks.split(",")}
-        rows = bench(tasks, variants, seeds, str(Path(tmp) / "runs"))
+        rows = bench(tasks, variants, seeds, str(Path(tmp) / "runs"), not args.no_baselines)
     import torch
     print(f"# recipe benchmark, {dt.date.today()}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, seeds {args.seeds}"

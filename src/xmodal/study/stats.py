@@ -53,7 +53,11 @@ class Stat:
 
     @property
     def std(self) -> Optional[float]:
-        return float(np.std(self.values, ddof=1)) if self.n >= 2 else None
+        if self.n < 2:
+            return None
+        if np.ptp(self.values) == 0:   # equal values: exactly 0, not rounding noise
+            return 0.0
+        return float(np.std(self.values, ddof=1))
 
     @property
     def ci95(self) -> Optional[float]:
