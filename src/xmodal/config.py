@@ -94,7 +94,7 @@ class TrainConfig:
     optimizer: str = "adamw"         # adamw | sgd
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])  # Adam betas (ORCA: 0.9, 0.98)
     embedder_lr_mult: float = 1.0    # the embedder's lr = train.lr x this
-    predictor_lr_mult: float = 1.0   # the predictor's lr = train.lr x this
+    predictor_lr_mult: float = 10.0  # the predictor's lr = train.lr x this (measured: docs/benchmarks.md)
     weight_decay: float = 0.0
     momentum: float = 0.9
     schedule: str = "cosine"         # cosine | linear | constant
