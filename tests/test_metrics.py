@@ -164,7 +164,7 @@ def test_dense_metric_is_computed_in_original_units(rng):
     spec = _spec("dense", n_out=1, output_shape=(1, 5))
     data = TaskData(spec, x, y, x, y, x, y, y_mean=y_mean, y_std=y_std)
     model = nn.Sequential(Fixed(5, 5, seed=3), nn.Unflatten(1, (1, 5)))
-    cfg = load_config(overrides={"train.eval_batch_size": 5})
+    cfg = load_config(overrides={"train.eval_batch_size": 5, "run.precision": "fp32"})
     value, _ = evaluate(model, x, y, data, cfg, torch.device("cpu"))
     with torch.no_grad():
         out = model(torch.from_numpy(x)).numpy()

@@ -20,6 +20,7 @@ PRESETS = ["cifar100", "ninapro", "darcy", "satellite", "deepsea", "ecg"]
 
 
 def load(name, folder, **kw):
+    kw.setdefault("validation", "carve")   # the fixtures are tiny; the real files carve anyway
     return load_task(TaskConfig(name=name, data_dir=str(folder), **kw))
 
 

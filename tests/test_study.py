@@ -125,7 +125,11 @@ def test_set_label_grad_reaches_every_run(tmp_path):
     detached = study.expand(spec, tmp_path, seeds=[0], overrides=["align.label_grad=false"])
     assert all(r.config.align.label_grad is True for r in default.runs)
     assert all(r.config.align.label_grad is False for r in detached.runs)
-    assert not {r.id for r in default.runs} & {r.id for r in detached.runs}
+    tuned = lambda plan: {r.id for r in plan.runs if r.config.baseline.method == "none"}  # noqa: E731
+    assert not tuned(default) & tuned(detached)
+    # a domain baseline does not depend on alignment settings: the same runs serve both
+    base = lambda plan: {r.id for r in plan.runs} - tuned(plan)  # noqa: E731
+    assert base(default) == base(detached) and len(base(default)) == 3
 
 
 def test_task_presets_give_each_task_its_config(tmp_path):
@@ -190,7 +194,7 @@ def test_paper_proxy_uses_the_papers_proxies_per_modality(tmp_path):
 def test_demo_covers_all_four_experiments_and_shares_runs(tmp_path):
     plan = study.expand(study.load_spec("demo"), tmp_path)
     parts = {m[1] for r in plan.runs for m in r.members}
-    assert parts == {"proxy", "align-epochs", "freezing", "pretraining"}
+    assert parts == {"proxy", "align-epochs", "freezing", "pretraining", "baselines"}
     from xmodal.tasks import REGISTRY
     modalities = {REGISTRY[r.task].spec.modality for r in plan.runs}
     assert modalities == {"1d", "2d"}
@@ -198,6 +202,8 @@ def test_demo_covers_all_four_experiments_and_shares_runs(tmp_path):
     # ORCA's default setting is one run serving several experiments
     assert max(len(r.members) for r in plan.runs) >= 3
     assert all(r.config.body.name == "minilm" for r in plan.runs)
+    assert sorted(r.config.baseline.method for r in plan.runs if r.config.baseline.method
+                  != "none") == ["logreg"] * 6 + ["minirocket"] * 3   # MiniRocket: 1D only
     assert any(not r.config.body.pretrained for r in plan.runs)
 
 
