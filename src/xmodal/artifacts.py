@@ -109,9 +109,9 @@ def provenance() -> dict:
             "threads": torch.get_num_threads()}
 
 
-def read_features_npz(path: str | Path, role: str, need_y: bool):
-    """`x` (N, d) finite numbers and `y` (N,) integers (None when absent and not needed) from a
-    user's .npz; any problem is one `UserError` naming the file, the array and the fix."""
+def read_npz_arrays(path: str | Path, role: str) -> dict:
+    """Every array of a user's .npz, read without unpickling; a missing or unreadable file is
+    one `UserError` naming `role` (e.g. '--input') and the file."""
     import zipfile
 
     import numpy as np
@@ -122,9 +122,18 @@ def read_features_npz(path: str | Path, role: str, need_y: bool):
         raise UserError(f"{role} file {path} does not exist")
     try:
         with np.load(p, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
+            return {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise UserError(f"cannot read {role} file {path} as .npz: {exc}") from None
+
+
+def read_features_npz(path: str | Path, role: str, need_y: bool):
+    """`x` (N, d) finite numbers and `y` (N,) integers (None when absent and not needed) from a
+    user's .npz; any problem is one `UserError` naming the file, the array and the fix."""
+    import numpy as np
+
+    from .errors import UserError
+    arrays = read_npz_arrays(path, role)
     if "x" not in arrays:
         raise UserError(f"{role} file {path} has no array 'x' (N, d) (found: {sorted(arrays)})")
     if need_y and "y" not in arrays:

@@ -224,15 +224,8 @@ def _proba(kind: str, out: np.ndarray) -> np.ndarray:
 
 def read_input(path, need_y: bool) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """`x` (and `y` with --labels) from the user's .npz, read without unpickling."""
-    import zipfile
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"--input file {path} does not exist")
-    try:
-        with np.load(p, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise UserError(f"cannot read --input file {path} as .npz: {exc}") from None
+    from .artifacts import read_npz_arrays
+    arrays = read_npz_arrays(path, "--input")
     if "x" not in arrays:
         raise UserError(f"--input file {path} has no array 'x' (found: {sorted(arrays)})")
     if need_y and "y" not in arrays:
