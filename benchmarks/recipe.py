@@ -149,9 +149,10 @@ def main(argv=None) -> None:
     ap.add_argument("--heldout", action="store_true", help="run the held-out sets instead")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
+    import torch
     if args.threads:
-        import torch
         torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
     list_specs()
     variants = {v: VARIANTS[v] for v in args.variants.split(",") if v}
     variants.update(dict(parse_variant(v) for v in args.variant))
@@ -162,9 +163,8 @@ def main(argv=None) -> None:
         else:
             tasks = {t: t for t in args.tasks.split(",")}
         rows = bench(tasks, variants, seeds, str(Path(tmp) / "runs"), not args.no_baselines)
-    import torch
     print(f"# recipe benchmark, {dt.date.today()}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads, seeds {args.seeds}"
+          f"{threads} torch thread(s), seeds {args.seeds}"
           f"{', held-out sets' if args.heldout else ''}\n")
     print(table(rows, list(variants)))
 
