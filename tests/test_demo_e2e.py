@@ -31,7 +31,7 @@ def test_demo_study_and_report(tmp_path):
         statuses = dict(db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
         experiments = {row[0] for row in db.execute("SELECT DISTINCT part FROM members")}
     assert set(statuses) == {"done"} and statuses["done"] >= 20
-    assert experiments == {"proxy", "align-epochs", "freezing", "pretraining"}
+    assert experiments == {"proxy", "align-epochs", "freezing", "pretraining", "baselines"}
 
     again = xmodal("study", "run", "demo", "--out", "study", *SHRINK, cwd=tmp_path)
     assert again.returncode == 0
@@ -44,8 +44,10 @@ def test_demo_study_and_report(tmp_path):
                 "rq4-pretraining.png"):
         assert (report / png).stat().st_size > 10_000, png
     text = (report / "report.md").read_text()
-    for heading in ("## RQ1", "## RQ2", "## RQ3", "## RQ4"):
+    for heading in ("## RQ1", "## RQ2", "## RQ3", "## RQ4", "## Domain baselines"):
         assert heading in text
+    # every question's section carries the baselines as reference rows
+    assert text.count("| domain baseline (reference) |") == 4
     assert text.count("| paper (arXiv 2403.13537) |") == 4       # paper vs ours, per section
     assert "95% confidence interval" in text and "not enough seeds" in text   # one seed here
     assert (report / "report.html").is_file()
