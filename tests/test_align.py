@@ -309,3 +309,41 @@ def test_label_grad_false_detaches_the_label_term(data, tmp_path):
         assert out["label_grad"] is flag
     assert traces[True][0] == pytest.approx(traces[False][0])
     assert traces[True][1] != pytest.approx(traces[False][1], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- Algorithm 1 weights
+
+def test_objective_is_the_class_frequency_weighted_sum(data, tmp_path, one_thread):
+    """Algorithm 1: the value and the first step are those of sum_c (n_c / N) OTDD(source,
+    embedded class c), each class's OTDD computed on its own here. digits' 60 training samples
+    have unequal class counts, so equal weights (or weights that skip the one-sample classes in
+    N) give another value and another step. Plain SGD, so the step is -lr * gradient."""
+    from safetensors.torch import load_file
+    from xmodal.otdd import otdd
+    from xmodal.proxies import proxy_features
+    extra = {"align.epochs": 1, "align.maxsamples": 1000, "align.optimizer": "sgd",
+             "train.momentum": 0.0, "train.weight_decay": 0.0, "align.lr": 0.5}
+    cfg, model = make(**extra)
+    reference = copy.deepcopy(model)
+    labels = np.asarray(data.y_train)
+    counts = np.bincount(labels)
+    assert len(set(counts[counts >= 2])) > 2 and (counts == 1).any()   # unequal, and a singleton
+    out = run_alignment(model, data, cfg, CPU, tmp_path, progress=False, log=lambda m: None)
+
+    xs, ys, _ = proxy_features("fake-text", reference.body, cfg, CPU)
+    a = cfg.align
+    expected = 0.0
+    for c in np.flatnonzero(counts >= 2):
+        xc = torch.from_numpy(np.ascontiguousarray(data.x_train[labels == c])).float()
+        term = counts[c] / len(labels) * otdd(xs, ys, reference.embed(xc), eps=a.eps,
+                                              inner_eps=a.inner_eps, max_iter=a.max_iter)
+        term.backward()
+        expected += float(term.detach())
+    assert out["trace"][0]["otdd"] == pytest.approx(expected, rel=1e-5)
+    stepped = load_file(str(tmp_path / "align" / "embedder_epoch_1.safetensors"))
+    moved = 0.0
+    for name, p in reference.embedder.named_parameters():
+        want = p.detach() - 0.5 * (p.grad if p.grad is not None else torch.zeros_like(p))
+        torch.testing.assert_close(stepped[name], want, rtol=1e-4, atol=1e-6)
+        moved += float((want - p.detach()).abs().sum())
+    assert moved > 1e-3                                      # the step did something
