@@ -265,3 +265,49 @@ def test_unequal_spreads_are_judged_by_the_paired_test(tmp_path):
                       "(text, fake-text)."
     assert "2 task-proxy comparisons): 1 significantly lower error, 0 higher, 1 no " \
            "significant difference." in md
+
+
+def test_freezing_verdicts_with_unequal_spreads(tmp_path):
+    """RQ3 on 4 seeds with wide and narrow settings: the body sentence and the trained vs
+    untrained column are scipy's paired t-test, Holm-adjusted over the section's 3 tests."""
+    from scipy import stats as sps
+    values = {("trained", "all"): [0.12, 0.20, 0.15, 0.30],
+              ("trained", "freeze-body"): [0.30, 0.33, 0.31, 0.45],
+              ("untrained", "all"): [0.13, 0.19, 0.17, 0.29],
+              ("untrained", "freeze-body"): [0.39, 0.41, 0.40, 0.52]}
+    b = Builder(tmp_path)
+    for (kind, mode), vals in values.items():
+        b.add("freezing", "freezing", "gunpoint", vals, {"label": f"{kind} / {mode}",
+                                                         "variant": kind},
+              proxy="text" if kind == "trained" else "none", finetune=mode)
+    b.store.close()
+    md = write_report(tmp_path).read_text()
+
+    pairs = {"body": (("trained", "all"), ("trained", "freeze-body")),
+             "all": (("trained", "all"), ("untrained", "all")),
+             "freeze-body": (("trained", "freeze-body"), ("untrained", "freeze-body"))}
+    raw = {k: sps.ttest_rel(values[a], values[b]).pvalue for k, (a, b) in pairs.items()}
+    adj = _holm(raw)
+    verdict = {k: ("same" if adj[k] >= 0.05 else
+                   "better" if np.mean(values[a]) < np.mean(values[b]) else "worse")
+               for k, (a, b) in pairs.items()}
+    assert verdict == {"body": "better", "all": "same", "freeze-body": "better"}
+    assert sps.ttest_ind(*[values[k] for k in pairs["freeze-body"]]).pvalue > 0.05  # unpaired: tie
+
+    def interval(vals):
+        low, high = sps.t.interval(0.95, len(vals) - 1, loc=np.mean(vals), scale=sps.sem(vals))
+        return f"{np.mean(vals):.3f} ± {(high - low) / 2:.3f}"
+    body = [s for s in _sentences(md) if "fine-tuning the body" in s][0]
+    assert body == (f"On gunpoint (trained embedder), fine-tuning the body helped significantly "
+                    f"(paired t, n=4, p_Holm = {adj['body']:.3f}): best mode that trains the "
+                    f"body (all (embedder + body + predictor)) 0-1 error "
+                    f"{interval(values['trained', 'all'])} vs best mode that freezes it "
+                    f"(freeze body) {interval(values['trained', 'freeze-body'])}.")
+    words = {"same": "no significant difference", "better": "better"}
+    for mode, text in (("all", "all (embedder + body + predictor)"), ("freeze-body", "freeze body")):
+        row = (f"| gunpoint | {text} | {interval(values['trained', mode])} | "
+               f"{interval(values['untrained', mode])} | {words[verdict[mode]]} (paired t, n=4, "
+               f"p_Holm = {adj[mode]:.3f}) |")
+        assert row in md
+    assert "the trained embedder beat the untrained one significantly in 1 of 2 freezing " \
+           "modes (freeze body)." in md
