@@ -1,5 +1,8 @@
-"""Fine-tune modes through `fit`: the summary's trainable counts, and the frozen parts of
-`best.safetensors` still hold the seeded initial weights while the trained parts moved."""
+"""`fit` options end to end on a tiny run: fine-tune modes (the summary's trainable counts, and
+the frozen parts of `best.safetensors` still hold the seeded initial weights while the trained
+parts moved), `train.test_each_epoch` and `--force`."""
+
+import json
 
 import pytest
 import torch
@@ -74,3 +77,47 @@ def test_fit_trains_only_what_the_mode_allows(mode, tmp_path):
     if mode == "lora":
         adapters = [k for k in best if "lora_B" in k]
         assert len(adapters) == 2 and any(best[k].abs().sum() > 0 for k in adapters)
+
+
+def test_test_each_epoch_records_curves_without_changing_the_run(tmp_path):
+    """The per-epoch test metric of the last epoch is the last weights' test metric; epoch 1's
+    is the best checkpoint's when epoch 1 is the best; training and selection are unchanged."""
+    base = {**TINY, "train.epochs": 2, "task.max_test": 32, "run.out": str(tmp_path)}
+    plain = fit(load_config(overrides=base), progress=False, log=lambda m: None)
+    curves = fit(load_config(overrides={**base, "train.test_each_epoch": True}),
+                 progress=False, log=lambda m: None)
+    assert all("test_metric" not in r for r in plain.history)
+    assert [r["val_metric"] for r in curves.history] == [r["val_metric"] for r in plain.history]
+    for key in ("best_epoch", "test_metric_best", "test_metric_last"):
+        assert curves.summary[key] == plain.summary[key]
+    tests = [r["test_metric"] for r in curves.history]
+    assert tests[-1] == pytest.approx(curves.summary["test_metric_last"])
+    assert tests[curves.summary["best_epoch"] - 1] == pytest.approx(
+        curves.summary["test_metric_best"])
+    stored = [json.loads(line) for line in
+              (curves.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["test_metric"] for r in stored] == tests
+
+
+def test_force_retrains_a_finished_run(tmp_path, capsys):
+    from xmodal.cli import main
+    flags = ["fit", "--task", "digits", "--max-train", "16", "--max-test", "16", "--epochs", "1",
+             "--seq-len", "4", "--set", "body.num_layers=1", "--set", "run.threads=1",
+             "--set", "run.precision=fp32", "--device", "cpu", "--out", str(tmp_path)]
+    assert main(flags) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    run_dir = tmp_path / first["run_dir"].split("/")[-1]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "metrics.jsonl").write_text("")          # a finished run: would be reused as is
+    assert main(flags) == 0
+    assert "already complete" in capsys.readouterr().err
+    assert (run_dir / "metrics.jsonl").read_text() == ""
+    assert main(flags + ["--force"]) == 0
+    _, err = capsys.readouterr()
+    assert "already complete" not in err
+    again = json.loads((run_dir / "summary.json").read_text())
+    assert again["seconds"] != summary["seconds"]       # written anew
+    for key in ("test_metric_best", "test_metric_last", "best_epoch", "parameters"):
+        assert again[key] == summary[key]                # same seed, same numbers
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1
