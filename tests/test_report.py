@@ -304,7 +304,8 @@ def test_freezing_verdicts_with_unequal_spreads(tmp_path):
                     f"{interval(values['trained', 'all'])} vs best mode that freezes it "
                     f"(freeze body) {interval(values['trained', 'freeze-body'])}.")
     words = {"same": "no significant difference", "better": "better"}
-    for mode, text in (("all", "all (embedder + body + predictor)"), ("freeze-body", "freeze body")):
+    for mode, text in (("all", "all (embedder + body + predictor)"),
+                       ("freeze-body", "freeze body")):
         row = (f"| gunpoint | {text} | {interval(values['trained', mode])} | "
                f"{interval(values['untrained', mode])} | {words[verdict[mode]]} (paired t, n=4, "
                f"p_Holm = {adj[mode]:.3f}) |")
