@@ -36,11 +36,12 @@ def test_unequal_spreads_without_shared_seeds_use_welch():
     assert t.name == "Welch t" and t.n == 4
     assert t.p == pytest.approx(sps.ttest_ind(A, WIDE, equal_var=False).pvalue)
     assert t.p != pytest.approx(sps.ttest_ind(A, WIDE, equal_var=True).pvalue, rel=1e-3)
+    assert t.diff == pytest.approx(np.mean(A) - np.mean(WIDE))
 
 
 def test_fewer_than_three_seeds_give_no_test():
     t = compare(Stat([0.157, 0.157], [0, 1]), Stat([0.177, 0.177], [0, 1]))
-    assert t.name == "not enough seeds" and t.p is None
+    assert t.name == "not enough seeds" and t.p is None and t.diff == pytest.approx(-0.02)
     fam = Family()
     fam.add("k", Stat([0.157, 0.157], [0, 1]), Stat([0.177, 0.177], [0, 1]))
     fam.adjust()
@@ -127,7 +128,8 @@ def test_family_counts_its_verdicts():
 @pytest.mark.parametrize("x, digits, text", [
     (0.0, 3, "0.000"), (1.0, 3, "1.00"), (1.5, 3, "1.50"), (12.34, 3, "12.3"),
     (0.1234, 3, "0.123"), (0.01234, 3, "0.0123"), (0.001234, 3, "0.00123"),
-    (2e-6, 3, "2.00e-06"), (3e5, 3, "3.00e+05"), (0.1234, 4, "0.1234"), (12.34, 4, "12.34"),
+    (2e-6, 3, "2.00e-06"), (3e5, 3, "3.00e+05"), (1e5, 3, "1.00e+05"), (1e-5, 3, "0.000010"),
+    (2e-5, 3, "0.000020"), (-0.5, 3, "-0.500"), (2e-6, 4, "2.000e-06"), (0.1234, 4, "0.1234"), (12.34, 4, "12.34"),
     (None, 3, "n/a"), (float("nan"), 3, "n/a"), (float("inf"), 3, "n/a")])
 def test_numbers_show_three_significant_digits(x, digits, text):
     from xmodal.study.stats import num
