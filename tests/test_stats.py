@@ -144,6 +144,8 @@ def test_interval_text_uses_the_means_decimals():
     half = sps.t.ppf(0.975, 1) * np.std([12, 12.5], ddof=1) / math.sqrt(2)
     assert Stat([12.0, 12.5]).text(4) == f"12.25 ± {half:.2f}"
     assert Stat([12.25]).text(4) == "12.25 (1 seed)"
+    tiny = Stat([0.1, 0.1 + 1e-6, 0.1 + 2e-6])                  # an interval below 1e-5
+    assert tiny.text() == f"0.100 ± {tiny.ci95:.2e}" and tiny.ci95 < 1e-5
 
 
 def test_p_text_boundary():
