@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast venv bench clean
+.PHONY: demo test test-fast venv bench mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/xmodal report runs/demo
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --cov=xmodal --cov-report=term
 
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m 'not slow'
@@ -29,6 +29,14 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/train_throughput.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/otdd.py
+
+# Mutation testing of the science modules (mutmut, settings in pyproject.toml [tool.mutmut]).
+# Hours of CPU: not part of CI. One module: make mutation MUTANTS='xmodal.metrics*'
+MUTANTS ?=
+mutation: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[mutation]'
+	HF_HUB_OFFLINE=1 $(BIN)/mutmut run $(MUTANTS)
+	$(BIN)/mutmut results
 
 clean:
 	rm -rf $(VENV) runs

@@ -309,3 +309,94 @@ def test_label_grad_false_detaches_the_label_term(data, tmp_path):
         assert out["label_grad"] is flag
     assert traces[True][0] == pytest.approx(traces[False][0])
     assert traces[True][1] != pytest.approx(traces[False][1], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- Algorithm 1 weights
+
+def test_objective_is_the_class_frequency_weighted_sum(data, tmp_path, one_thread):
+    """Algorithm 1: the value and the first step are those of sum_c (n_c / N) OTDD(source,
+    embedded class c), each class's OTDD computed on its own here. digits' 60 training samples
+    have unequal class counts, so equal weights (or weights that skip the one-sample classes in
+    N) give another value and another step. Plain SGD, so the step is -lr * gradient."""
+    from safetensors.torch import load_file
+    from xmodal.otdd import otdd
+    from xmodal.proxies import proxy_features
+    extra = {"align.epochs": 1, "align.maxsamples": 1000, "align.optimizer": "sgd",
+             "train.momentum": 0.0, "train.weight_decay": 0.0, "align.lr": 0.5}
+    cfg, model = make(**extra)
+    reference = copy.deepcopy(model)
+    labels = np.asarray(data.y_train)
+    counts = np.bincount(labels)
+    assert len(set(counts[counts >= 2])) > 2 and (counts == 1).any()   # unequal, and a singleton
+    out = run_alignment(model, data, cfg, CPU, tmp_path, progress=False, log=lambda m: None)
+
+    xs, ys, _ = proxy_features("fake-text", reference.body, cfg, CPU)
+    a = cfg.align
+    expected = 0.0
+    for c in np.flatnonzero(counts >= 2):
+        xc = torch.from_numpy(np.ascontiguousarray(data.x_train[labels == c])).float()
+        term = counts[c] / len(labels) * otdd(xs, ys, reference.embed(xc), eps=a.eps,
+                                              inner_eps=a.inner_eps, max_iter=a.max_iter)
+        term.backward()
+        expected += float(term.detach())
+    assert out["trace"][0]["otdd"] == pytest.approx(expected, rel=1e-5)
+    stepped = load_file(str(tmp_path / "align" / "embedder_epoch_1.safetensors"))
+    moved = 0.0
+    for name, p in reference.embedder.named_parameters():
+        want = p.detach() - 0.5 * (p.grad if p.grad is not None else torch.zeros_like(p))
+        torch.testing.assert_close(stepped[name], want, rtol=1e-4, atol=1e-6)
+        moved += float((want - p.detach()).abs().sum())
+    assert moved > 1e-3                                      # the step did something
+
+
+def _multilabel_npz(path):
+    """24 series of 2 x 12 with 3 labels; label j marks a bump at position 4 j."""
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, (32, 3))
+    x = rng.normal(0, 0.3, (32, 2, 12))
+    for j in range(3):
+        x[:, :, 4 * j] += 2.0 * y[:, j, None]
+    np.savez(path, x_train=x[:24], y_train=y[:24], x_test=x[24:], y_test=y[24:])
+    return f"npz:{path}"
+
+
+@pytest.mark.parametrize("case", ["darcy", "multilabel", "otdd-gaussian"])
+def test_objective_on_dense_multilabel_and_gaussian(case, tmp_path, one_thread):
+    """Dense (darcy) and multi-label targets are grouped by k-means on y (sklearn, seeded by
+    run.seed) and weighted by cluster size; `otdd-gaussian` uses the Gaussian inner distance.
+    The epoch-0 value is the weighted sum of per-group OTDDs computed here, and the first
+    step lowers it."""
+    from sklearn.cluster import KMeans
+    from xmodal.otdd import otdd
+    from xmodal.proxies import proxy_features
+    task = {"darcy": {"task.name": "darcy", "task.options": {"resolution": 8, "n_train": 20,
+                                                            "n_test": 2}},
+            "multilabel": {"task.name": _multilabel_npz(tmp_path / "ml.npz")},
+            "otdd-gaussian": {"align.objective": "otdd-gaussian"}}[case]
+    cfg = load_config(overrides={**BASE, "align.epochs": 1, "align.maxsamples": 1000,
+                                 "align.pseudo_labels": 3, "run.seed": 2, **task})
+    data = load_task(cfg.task)
+    model = build_model(data.spec, cfg)[0]
+    reference = copy.deepcopy(model)
+    out = run_alignment(model, data, cfg, CPU, tmp_path, progress=False, log=lambda m: None)
+
+    y = np.asarray(data.y_train)
+    if case == "otdd-gaussian":
+        labels = y
+    else:
+        labels = KMeans(n_clusters=3, n_init=10, random_state=2).fit_predict(
+            y.reshape(len(y), -1).astype(np.float64))
+        assert out["target"]["labels"] == "k-means pseudo-labels (k=3)"
+    counts = np.bincount(labels)
+    xs, ys, _ = proxy_features("fake-text", reference.body, cfg, CPU)
+    inner = "gaussian" if case == "otdd-gaussian" else "sinkhorn"
+    expected = 0.0
+    with torch.no_grad():
+        for c in np.flatnonzero(counts >= 2):
+            xc = torch.from_numpy(np.ascontiguousarray(data.x_train[labels == c])).float()
+            expected += counts[c] / len(y) * float(otdd(xs, ys, reference.embed(xc), inner=inner,
+                                                        eps=cfg.align.eps,
+                                                        inner_eps=cfg.align.inner_eps))
+    trace = [r["otdd"] for r in out["trace"]]
+    assert trace[0] == pytest.approx(expected, rel=1e-5)
+    assert trace[1] < trace[0]

@@ -88,3 +88,18 @@ def test_named_source_and_task_target(capsys, tmp_path, monkeypatch):
     assert rc == 2 and "needs a vision body" in err
     rc, _, err = run(capsys, "--source", "wikipedia", "--target", "italypower")
     assert rc == 2 and "unknown source 'wikipedia'" in err
+
+
+@pytest.mark.parametrize("inner", ["gaussian", "exact"])
+def test_inner_choice_reaches_the_distance(pair, capsys, inner):
+    folder, (xs, ys, xt, yt) = pair
+    rc, out, _ = run(capsys, "--source", folder / "s.npz", "--target", folder / "t.npz",
+                     "--eps", "0.5", "--inner", inner, "--json")
+    assert rc == 0
+    result = json.loads(out)
+    tensors = [torch.as_tensor(a) for a in (xs, ys, xt, yt)]
+    expected = float(otdd(*tensors, inner=inner, eps=0.5))
+    assert result["inner"] == inner
+    assert result["otdd"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    sinkhorn = float(otdd(*tensors, inner="sinkhorn", eps=0.5))
+    assert abs(expected - sinkhorn) > 1e-4 * abs(sinkhorn)        # a different quantity

@@ -376,3 +376,49 @@ def test_preset_task_specific_values():
     assert cfg["ecg"].embedder.seq_len == 64
     assert [(cfg[n].train.epochs, cfg[n].align.epochs) for n in PRESETS] == \
         [(60, 60), (60, 100), (100, 60), (60, 60), (13, 60), (15, 60)]
+
+
+# ---------------------------------------------------------------- decoded values vs the files
+
+PUBLISHED_STATS = {  # per-channel mean / std of the training images (torchvision / ORCA)
+    100: ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    10: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+def _pickled(path):
+    with open(path, "rb") as fh:
+        return pickle.load(fh, encoding="bytes")
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+def test_cifar_test_split_decodes_to_the_files_pixels_and_labels(classes, tmp_path):
+    write_cifar(tmp_path, classes, n_train=50, n_test=10)
+    raw = _pickled(tmp_path / ("test" if classes == 100 else "test_batch"))
+    pixels = raw[b"data"].reshape(-1, 3, 32, 32).astype(np.float64) / 255.0   # R, G, B planes
+    labels = raw[b"fine_labels" if classes == 100 else b"labels"]
+    data = load(f"cifar{classes}", tmp_path)
+    mean, std = (np.array(v)[None, :, None, None] for v in PUBLISHED_STATS[classes])
+    np.testing.assert_allclose(data.x_test, (pixels - mean) / std, atol=1e-5)
+    np.testing.assert_array_equal(data.y_test, labels)
+    if classes == 10:
+        x, y = nb360.read_cifar10(tmp_path)
+        first = _pickled(tmp_path / "data_batch_1")
+        np.testing.assert_allclose(x[:10], first[b"data"].reshape(-1, 3, 32, 32) / 255.0,
+                                   atol=1e-7)
+        np.testing.assert_array_equal(y[:10], first[b"labels"])
+
+
+def test_satellite_values_as_stored_and_labels_shifted(tmp_path):
+    write_satellite(tmp_path)
+    stored = np.load(tmp_path / "satellite_test.npy", allow_pickle=True).item()
+    data = load("satellite", tmp_path)
+    np.testing.assert_allclose(data.x_test[:, 0], stored["data"], rtol=1e-6)
+    np.testing.assert_array_equal(data.y_test, stored["label"] - 1)
+    train = np.load(tmp_path / "satellite_train.npy", allow_pickle=True).item()
+    rows = np.concatenate([data.x_train[:, 0], data.x_val[:, 0]])
+    labels = np.concatenate([data.y_train, data.y_val])
+    order = np.lexsort(rows.T[::-1])
+    want = np.lexsort(train["data"].T[::-1])
+    np.testing.assert_allclose(rows[order], train["data"][want], rtol=1e-6)   # a partition
+    np.testing.assert_array_equal(labels[order], train["label"][want] - 1)

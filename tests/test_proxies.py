@@ -175,3 +175,46 @@ def test_sample_indices_keeps_rare_classes():
     idx = sample_indices(labels, 10)
     assert len(idx) == 10 and (labels[idx] == 1).sum() >= 2 and 2 not in labels[idx]
     assert np.array_equal(idx, sample_indices(labels, 10))
+
+
+def test_image_proxy_rows_are_the_bodys_embedding_of_the_images(vit_body, tmp_path):
+    """With n_source >= the file's rows every image is used, in file order: row i is the mean
+    over tokens of the ViT's own embedding (patches + CLS + positions) of image i, scaled to
+    [0, 1] and normalised with ImageNet's statistics (the random ViT has no preprocessor)."""
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 256, (50, 3072), dtype=np.uint8)
+    for i in range(1, 6):
+        batch = {b"data": data[10 * (i - 1): 10 * i], b"labels": list(range(10))}
+        (tmp_path / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
+    cfg = cfg_for(tmp_path / "c", 50, **{"align.proxy_dir": str(tmp_path)})
+    x, y, _ = proxy_features("cifar10", vit_body, cfg)
+    assert y.tolist() == list(range(10)) * 5
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    rows = [0, 17, 49]
+    pixels = torch.from_numpy(data[rows].reshape(3, 3, 32, 32).astype(np.float32) / 255.0)
+    with torch.no_grad():
+        tokens = vit_body.model.embeddings((pixels - mean) / std)
+    assert tokens.shape[1] == (32 // 4) ** 2 + 1                      # 64 patches + CLS
+    torch.testing.assert_close(x[rows], tokens.mean(1), rtol=1e-5, atol=1e-5)
+
+
+def test_text_proxy_row_is_the_bodys_embedding_of_the_word_in_its_sentence(text_body, tmp_path):
+    """Row 8 of the CoNLL proxy is 'London' in 'Peter Blackburn in London': the mean over its
+    word pieces of MiniLM's input embedding of [CLS] + the sentence's pieces + [SEP]."""
+    from transformers import AutoTokenizer
+    (tmp_path / "eng.train").write_text(CONLL * 3)
+    cfg = cfg_for(tmp_path / "c", 1000, **{"align.proxy_dir": str(tmp_path)})
+    x, y, info = proxy_features("text", text_body, cfg)
+    tok = AutoTokenizer.from_pretrained(text_body.info.source)
+    words = ["Peter", "Blackburn", "in", "London"]
+    pieces = [tok.tokenize(w) for w in words]
+    ids = [tok.cls_token_id] + tok.convert_tokens_to_ids(sum(pieces, [])) + [tok.sep_token_id]
+    with torch.no_grad():
+        emb = text_body.model.embeddings(input_ids=torch.tensor([ids]))[0]
+    start = 1 + sum(len(p) for p in pieces[:3])
+    expected = emb[start: start + len(pieces[3])].mean(0)
+    torch.testing.assert_close(x[8], expected, rtol=1e-5, atol=1e-5)
+    assert info["label_names"][int(y[8])] == "B-LOC"
+    first = emb[1: 1 + len(pieces[0])].mean(0)                         # 'Peter', B-PER
+    torch.testing.assert_close(x[5], first, rtol=1e-5, atol=1e-5)

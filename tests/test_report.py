@@ -1,5 +1,6 @@
 """Reports: sentences computed from the stored numbers, figures and both report files."""
 
+import numpy as np
 import pytest
 
 from xmodal.errors import UserError
@@ -210,3 +211,104 @@ def test_run_shared_by_two_studies_counts_once_per_part(tmp_path):
     store.register({"name": "renamed"}, [run])   # same folder, same part, same run
     (part,) = load_parts(store)
     assert [r.id for r in part.runs] == ["r1"]
+
+
+def _holm(pvalues: dict) -> dict:
+    """Holm's step-down adjustment, written out here to check the report's."""
+    order = sorted(pvalues, key=pvalues.get)
+    out, running = {}, 0.0
+    for rank, key in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * pvalues[key]))
+        out[key] = running
+    return out
+
+
+def test_unequal_spreads_are_judged_by_the_paired_test(tmp_path):
+    """Settings with very different spreads over 4 seeds: the verdicts, p-values and intervals
+    in the report are scipy's paired t-test over seeds, Holm-adjusted over the section, and each
+    setting's own Student-t interval. Guards: Welch's (unpaired) test would call text vs naive
+    a tie, and the intervals differ tenfold, so swapping any of these changes the report."""
+    from scipy import stats as sps
+    values = {"naive": [0.30, 0.18, 0.42, 0.25],      # wide
+              "text": [0.26, 0.15, 0.37, 0.22],       # wide, but below naive on every seed
+              "fake-text": [0.24, 0.23, 0.25, 0.24]}  # narrow
+    b = Builder(tmp_path)
+    for label, vals in values.items():
+        b.add("proxy", "proxy", "digits", vals, {"label": label, "variant": label},
+              proxy="none" if label == "naive" else label)
+    b.store.close()
+    md = write_report(tmp_path).read_text()
+
+    pairs = {"text": ("text", "naive"), "fake-text": ("fake-text", "naive"),
+             "between": ("text", "fake-text")}
+    raw = {k: sps.ttest_rel(values[a], values[b]).pvalue for k, (a, b) in pairs.items()}
+    adj = _holm(raw)
+    assert adj["text"] < 0.05 <= adj["fake-text"] and adj["between"] >= 0.05
+    assert sps.ttest_ind(values["text"], values["naive"], equal_var=False).pvalue > 0.5
+
+    def interval(vals):
+        low, high = sps.t.interval(0.95, len(vals) - 1, loc=np.mean(vals), scale=sps.sem(vals))
+        return f"{np.mean(vals):.3f} ± {(high - low) / 2:.3f}"
+    cis = {k: interval(v) for k, v in values.items()}
+    assert cis["fake-text"] == "0.240 ± 0.013" and cis["naive"].endswith("± 0.161")
+    last = {k: interval([x + 0.01 for x in v]) for k, v in values.items()}
+    assert f"| digits | naive | 4 | {cis['naive']} | {last['naive']} | - |  |" in md
+    assert f"| digits | text | 4 | {cis['text']} | {last['text']} | - | better (paired t, " \
+           f"n=4, p_Holm = {adj['text']:.3f}) |" in md
+    assert f"| digits | fake-text | 4 | {cis['fake-text']} | {last['fake-text']} | - | no " \
+           f"significant difference (paired t, n=4, p_Holm = {adj['fake-text']:.3f}) |" in md
+    said = _sentences(md)
+    assert said[0] == (f"On digits, embedder training beat naive fine-tuning significantly with "
+                       f"text (0-1 error: naive {cis['naive']}; text {cis['text']}; fake-text "
+                       f"{cis['fake-text']}).")
+    assert said[1] == "On digits, the choice of proxy made no significant difference " \
+                      "(text, fake-text)."
+    assert "2 task-proxy comparisons): 1 significantly lower error, 0 higher, 1 no " \
+           "significant difference." in md
+
+
+def test_freezing_verdicts_with_unequal_spreads(tmp_path):
+    """RQ3 on 4 seeds with wide and narrow settings: the body sentence and the trained vs
+    untrained column are scipy's paired t-test, Holm-adjusted over the section's 3 tests."""
+    from scipy import stats as sps
+    values = {("trained", "all"): [0.12, 0.20, 0.15, 0.30],
+              ("trained", "freeze-body"): [0.30, 0.33, 0.31, 0.45],
+              ("untrained", "all"): [0.13, 0.19, 0.17, 0.29],
+              ("untrained", "freeze-body"): [0.39, 0.41, 0.40, 0.52]}
+    b = Builder(tmp_path)
+    for (kind, mode), vals in values.items():
+        b.add("freezing", "freezing", "gunpoint", vals, {"label": f"{kind} / {mode}",
+                                                         "variant": kind},
+              proxy="text" if kind == "trained" else "none", finetune=mode)
+    b.store.close()
+    md = write_report(tmp_path).read_text()
+
+    pairs = {"body": (("trained", "all"), ("trained", "freeze-body")),
+             "all": (("trained", "all"), ("untrained", "all")),
+             "freeze-body": (("trained", "freeze-body"), ("untrained", "freeze-body"))}
+    raw = {k: sps.ttest_rel(values[a], values[b]).pvalue for k, (a, b) in pairs.items()}
+    adj = _holm(raw)
+    verdict = {k: ("same" if adj[k] >= 0.05 else
+                   "better" if np.mean(values[a]) < np.mean(values[b]) else "worse")
+               for k, (a, b) in pairs.items()}
+    assert verdict == {"body": "better", "all": "same", "freeze-body": "better"}
+    assert sps.ttest_ind(*[values[k] for k in pairs["freeze-body"]]).pvalue > 0.05  # unpaired: tie
+
+    def interval(vals):
+        low, high = sps.t.interval(0.95, len(vals) - 1, loc=np.mean(vals), scale=sps.sem(vals))
+        return f"{np.mean(vals):.3f} ± {(high - low) / 2:.3f}"
+    body = [s for s in _sentences(md) if "fine-tuning the body" in s][0]
+    assert body == (f"On gunpoint (trained embedder), fine-tuning the body helped significantly "
+                    f"(paired t, n=4, p_Holm = {adj['body']:.3f}): best mode that trains the "
+                    f"body (all (embedder + body + predictor)) 0-1 error "
+                    f"{interval(values['trained', 'all'])} vs best mode that freezes it "
+                    f"(freeze body) {interval(values['trained', 'freeze-body'])}.")
+    words = {"same": "no significant difference", "better": "better"}
+    for mode, text in (("all", "all (embedder + body + predictor)"),
+                       ("freeze-body", "freeze body")):
+        row = (f"| gunpoint | {text} | {interval(values['trained', mode])} | "
+               f"{interval(values['untrained', mode])} | {words[verdict[mode]]} (paired t, n=4, "
+               f"p_Holm = {adj[mode]:.3f}) |")
+        assert row in md
+    assert "the trained embedder beat the untrained one significantly in 1 of 2 freezing " \
+           "modes (freeze body)." in md

@@ -36,11 +36,12 @@ def test_unequal_spreads_without_shared_seeds_use_welch():
     assert t.name == "Welch t" and t.n == 4
     assert t.p == pytest.approx(sps.ttest_ind(A, WIDE, equal_var=False).pvalue)
     assert t.p != pytest.approx(sps.ttest_ind(A, WIDE, equal_var=True).pvalue, rel=1e-3)
+    assert t.diff == pytest.approx(np.mean(A) - np.mean(WIDE))
 
 
 def test_fewer_than_three_seeds_give_no_test():
     t = compare(Stat([0.157, 0.157], [0, 1]), Stat([0.177, 0.177], [0, 1]))
-    assert t.name == "not enough seeds" and t.p is None
+    assert t.name == "not enough seeds" and t.p is None and t.diff == pytest.approx(-0.02)
     fam = Family()
     fam.add("k", Stat([0.157, 0.157], [0, 1]), Stat([0.177, 0.177], [0, 1]))
     fam.adjust()
@@ -100,3 +101,65 @@ def test_spearman_is_scipys_with_an_exact_p_for_few_points():
     rho4, p4 = spearman([1, 2, 3, 4], [40, 30, 20, 10])
     assert rho4 == pytest.approx(-1.0) and p4 == pytest.approx(2 / math.factorial(4))
     assert spearman([1, 2], [1, 2]) is None and spearman([1, 2, 3], [5, 5, 5]) is None
+
+
+def test_welch_with_no_spread_on_either_side():
+    """Unpaired settings that are constant over seeds: p = 1 when equal, 0 when not; one
+    constant side is scipy's Welch test."""
+    same = compare(Stat([0.2] * 3, [0, 1, 2]), Stat([0.2] * 4, [5, 6, 7, 8]))
+    differ = compare(Stat([0.2] * 3, [0, 1, 2]), Stat([0.3] * 4, [5, 6, 7, 8]))
+    assert same.name == differ.name == "Welch t" and same.p == 1.0 and differ.p == 0.0
+    one = compare(Stat([0.2] * 3, [0, 1, 2]), Stat(A, [5, 6, 7, 8]))
+    assert one.p == pytest.approx(sps.ttest_ind([0.2] * 3, A, equal_var=False).pvalue)
+    other = compare(Stat(A, [5, 6, 7, 8]), Stat([0.2] * 3, [0, 1, 2]))
+    assert other.p == pytest.approx(one.p)
+
+
+def test_family_counts_its_verdicts():
+    fam = Family()
+    fam.add("worse", Stat(A, [0, 1, 2, 3]), Stat([a - 0.1 for a in A], [0, 1, 2, 3]))
+    fam.add("better", Stat([a - 0.1 for a in A], [0, 1, 2, 3]), Stat(A, [0, 1, 2, 3]))
+    fam.add("same", Stat(A, [0, 1, 2, 3]), Stat(A, [0, 1, 2, 3]))
+    fam.add("same too", Stat(B, [0, 1, 2, 3]), Stat(B, [0, 1, 2, 3]))
+    fam.add("unknown", Stat([0.1, 0.2], [0, 1]), Stat([0.3, 0.4], [0, 1]))
+    assert fam.adjust().counts() == {"better": 1, "worse": 1, "same": 2, "unknown": 1}
+
+
+@pytest.mark.parametrize("x, digits, text", [
+    (0.0, 3, "0.000"), (1.0, 3, "1.00"), (1.5, 3, "1.50"), (12.34, 3, "12.3"),
+    (0.1234, 3, "0.123"), (0.01234, 3, "0.0123"), (0.001234, 3, "0.00123"),
+    (2e-6, 3, "2.00e-06"), (3e5, 3, "3.00e+05"), (1e5, 3, "1.00e+05"), (1e-5, 3, "0.000010"),
+    (2e-5, 3, "0.000020"), (-0.5, 3, "-0.500"), (2e-6, 4, "2.000e-06"), (0.1234, 4, "0.1234"), (12.34, 4, "12.34"),
+    (None, 3, "n/a"), (float("nan"), 3, "n/a"), (float("inf"), 3, "n/a")])
+def test_numbers_show_three_significant_digits(x, digits, text):
+    from xmodal.study.stats import num
+    assert num(x, digits) == text
+
+
+def test_interval_text_uses_the_means_decimals():
+    assert Stat([]).text() == "n/a"
+    st = Stat([0.0121, 0.0125, 0.0119])
+    half = sps.t.ppf(0.975, 2) * np.std(st.values, ddof=1) / math.sqrt(3)
+    assert st.text() == f"{np.mean(st.values):.4f} ± {half:.4f}"
+    half = sps.t.ppf(0.975, 1) * np.std([12, 12.5], ddof=1) / math.sqrt(2)
+    assert Stat([12.0, 12.5]).text(4) == f"12.25 ± {half:.2f}"
+    assert Stat([12.25]).text(4) == "12.25 (1 seed)"
+    tiny = Stat([0.1, 0.1 + 1e-6, 0.1 + 2e-6])                  # an interval below 1e-5
+    assert tiny.text() == f"0.100 ± {tiny.ci95:.2e}" and tiny.ci95 < 1e-5
+
+
+def test_p_text_boundary():
+    from xmodal.study.stats import p_text
+    assert p_text(0.0009) == "< 0.001" and p_text(0.001) == "= 0.001"
+    assert p_text(0.04999) == "= 0.050"
+
+
+def test_spearman_range_of_one_and_seven_points_exact():
+    rho, p = spearman([0.0, 0.5, 1.0], [1.0, 2.0, 3.0])    # x spans exactly 1
+    assert rho == pytest.approx(1.0) and p == pytest.approx(2 / 6)
+    x, y = [1, 2, 3, 4, 5, 6, 7], [2, 1, 4, 3, 6, 5, 7]
+    exact = sps.permutation_test((np.array(x, float),),
+                                 lambda a: sps.spearmanr(a, y).statistic,
+                                 permutation_type="pairings", n_resamples=np.inf).pvalue
+    assert spearman(x, y)[1] == pytest.approx(exact)
+    assert exact != pytest.approx(sps.spearmanr(x, y).pvalue, rel=1e-3)

@@ -1,0 +1,123 @@
+"""`fit` options end to end on a tiny run: fine-tune modes (the summary's trainable counts, and
+the frozen parts of `best.safetensors` still hold the seeded initial weights while the trained
+parts moved), `train.test_each_epoch` and `--force`."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from xmodal.config import load_config
+from xmodal.fit import fit
+from xmodal.model import LORA_TARGETS, build_model
+from xmodal.tasks import load_task
+
+TINY = {"task.name": "digits", "task.max_train": 16, "task.max_test": 16, "body.name": "minilm",
+        "body.num_layers": 1, "embedder.seq_len": 4, "train.epochs": 1, "train.batch_size": 8,
+        "run.precision": "fp32", "run.threads": 1, "run.device": "cpu", "run.seed": 5,
+        "align.proxy": "none"}
+PARTS = ("embedder", "body", "predictor")
+FROZEN = {"freeze-body": {"body"}, "predictor-only": {"embedder", "body"},
+          "freeze-embedder": {"embedder"}, "lora": {"body"}}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+
+
+def count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def lora_count(body, rank: int) -> int:
+    """r * (in + out) per adapted Linear: LoRA's A (r x in) and B (out x r)."""
+    targets = LORA_TARGETS[body.info.family]
+    return sum(rank * (m.in_features + m.out_features) for name, m in body.named_modules()
+               if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets)
+
+
+def stored_key(key: str, names) -> str:
+    """The key of an initial weight in the saved state (peft moves an adapted Linear's own
+    weights to `<module>.base_layer.<name>`)."""
+    if key in names:
+        return key
+    head, tail = key.rsplit(".", 1)
+    return f"{head}.base_layer.{tail}"
+
+
+@pytest.mark.parametrize("mode", sorted(FROZEN))
+def test_fit_trains_only_what_the_mode_allows(mode, tmp_path):
+    cfg = load_config(overrides={**TINY, "train.finetune": mode, "run.out": str(tmp_path)})
+    initial = build_model(load_task(cfg.task).spec, cfg)[0]     # the same seed as fit's
+    result = fit(cfg, progress=False, log=lambda m: None)
+    assert result.status == "done"
+
+    sizes = {p: count(getattr(initial, p)) for p in PARTS}
+    extra = lora_count(initial.body, cfg.train.lora_rank) if mode == "lora" else 0
+    assert extra == 0 or extra == 2 * cfg.train.lora_rank * 2 * 384   # 1 layer: query + value
+    want = {p: 0 if p in FROZEN[mode] else sizes[p] for p in PARTS}
+    want["body"] += extra
+    params = result.summary["parameters"]
+    assert {p: params[f"{p}_trainable"] for p in PARTS} == want
+    assert params["trainable"] == sum(want.values())
+    assert params["total"] == sum(sizes.values()) + extra
+    assert params["body_total"] == sizes["body"] + extra
+
+    best = load_file(str(result.run_dir / "best.safetensors"))
+    start = initial.state_dict()
+    for part in PARTS:
+        keys = [k for k in start if k.startswith(part + ".")]
+        same = [torch.equal(best[stored_key(k, best)], start[k]) for k in keys]
+        if part in FROZEN[mode]:
+            assert all(same), f"{mode}: frozen {part} changed"
+        else:
+            assert not all(same), f"{mode}: {part} did not train"
+    if mode == "lora":
+        adapters = [k for k in best if "lora_B" in k]
+        assert len(adapters) == 2 and any(best[k].abs().sum() > 0 for k in adapters)
+
+
+def test_test_each_epoch_records_curves_without_changing_the_run(tmp_path):
+    """The per-epoch test metric of the last epoch is the last weights' test metric; epoch 1's
+    is the best checkpoint's when epoch 1 is the best; training and selection are unchanged."""
+    base = {**TINY, "train.epochs": 2, "task.max_test": 32, "run.out": str(tmp_path)}
+    plain = fit(load_config(overrides=base), progress=False, log=lambda m: None)
+    curves = fit(load_config(overrides={**base, "train.test_each_epoch": True}),
+                 progress=False, log=lambda m: None)
+    assert all("test_metric" not in r for r in plain.history)
+    assert [r["val_metric"] for r in curves.history] == [r["val_metric"] for r in plain.history]
+    for key in ("best_epoch", "test_metric_best", "test_metric_last"):
+        assert curves.summary[key] == plain.summary[key]
+    tests = [r["test_metric"] for r in curves.history]
+    assert tests[-1] == pytest.approx(curves.summary["test_metric_last"])
+    assert tests[curves.summary["best_epoch"] - 1] == pytest.approx(
+        curves.summary["test_metric_best"])
+    stored = [json.loads(line) for line in
+              (curves.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["test_metric"] for r in stored] == tests
+
+
+def test_force_retrains_a_finished_run(tmp_path, capsys):
+    from xmodal.cli import main
+    flags = ["fit", "--task", "digits", "--max-train", "16", "--max-test", "16", "--epochs", "1",
+             "--seq-len", "4", "--set", "body.num_layers=1", "--set", "run.threads=1",
+             "--set", "run.precision=fp32", "--device", "cpu", "--out", str(tmp_path)]
+    assert main(flags) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    run_dir = tmp_path / first["run_dir"].split("/")[-1]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "metrics.jsonl").write_text("")          # a finished run: would be reused as is
+    assert main(flags) == 0
+    assert "already complete" in capsys.readouterr().err
+    assert (run_dir / "metrics.jsonl").read_text() == ""
+    assert main(flags + ["--force"]) == 0
+    _, err = capsys.readouterr()
+    assert "already complete" not in err
+    again = json.loads((run_dir / "summary.json").read_text())
+    assert again["seconds"] != summary["seconds"]       # written anew
+    for key in ("test_metric_best", "test_metric_last", "best_epoch", "parameters"):
+        assert again[key] == summary[key]                # same seed, same numbers
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1
