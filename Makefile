@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast venv bench mutation clean
+.PHONY: demo test test-fast venv bench bench-recipe mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,12 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/train_throughput.py
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/otdd.py
+
+# The default recipe against the domain baselines (about 40 min on 2 cores): docs/benchmarks.md
+bench-recipe: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/recipe.py --threads 1
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/recipe.py --heldout --threads 1
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/precision.py
 
 # Mutation testing of the science modules (mutmut, settings in pyproject.toml [tool.mutmut]).
 # Hours of CPU: not part of CI. One module: make mutation MUTANTS='xmodal.metrics*'
