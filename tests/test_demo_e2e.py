@@ -51,3 +51,19 @@ def test_demo_study_and_report(tmp_path):
     assert text.count("| paper (arXiv 2403.13537) |") == 4       # paper vs ours, per section
     assert "95% confidence interval" in text and "not enough seeds" in text   # one seed here
     assert (report / "report.html").is_file()
+
+    # the report's numbers are the store's: each baseline's reference row and each RQ1 setting
+    with sqlite3.connect(tmp_path / "study" / "study.db") as db:
+        rows = db.execute("SELECT r.task, m.part, json_extract(m.labels, '$.label'), "
+                          "f.test_metric_best FROM runs r JOIN members m ON m.run_id = r.id "
+                          "JOIN finals f ON f.run_id = r.id").fetchall()
+    checked = 0
+    for task, part, label, value in rows:
+        if part not in ("baselines", "proxy"):
+            continue
+        cells = [line.split("|")[4].split()[0] for line in text.splitlines()
+                 if line.startswith(f"| {task} | {label} | 1 |")]
+        assert cells, (task, part, label)
+        assert all(float(c) == pytest.approx(value, rel=5e-3, abs=5e-4) for c in cells)
+        checked += 1
+    assert checked >= 6   # 2 tasks x 3 proxy settings, plus the baselines
