@@ -171,3 +171,29 @@ def test_dense_metric_is_computed_in_original_units(rng):
     decoded = relative_l2(out * y_std + y_mean, y * y_std + y_mean)
     assert value == pytest.approx(decoded, rel=1e-5)
     assert abs(value - relative_l2(out, y)) > 1e-3
+
+
+# ---------------------------------------------------------------- losses (mutation survivors)
+
+def test_relative_l2_loss_equals_the_metric_for_small_and_large_targets():
+    rng = np.random.default_rng(0)
+    for scale in (1e-3, 1.0, 50.0):                 # ||y|| well below and above 1
+        y = rng.normal(size=(4, 1, 5, 5)) * scale
+        pred = y + rng.normal(size=y.shape) * scale * 0.1
+        loss = relative_l2_loss(torch.from_numpy(pred), torch.from_numpy(y)).item()
+        assert loss == pytest.approx(relative_l2(pred, y), rel=1e-9)
+
+
+def test_make_loss_by_kind():
+    rng = np.random.default_rng(1)
+    out = torch.from_numpy(rng.normal(size=(1, 3)))    # a batch of one sample
+    y = torch.tensor([[1.0, 0.0, 1.0]], dtype=torch.float64)
+    bce = make_loss("multilabel", pos_weight=4.0)(out, y).item()
+    p = 1 / (1 + np.exp(-out.numpy()))
+    expected = -np.mean(4.0 * y.numpy() * np.log(p) + (1 - y.numpy()) * np.log(1 - p))
+    assert bce == pytest.approx(expected, rel=1e-9)
+    dense = make_loss("dense")
+    field = torch.from_numpy(rng.normal(size=(2, 1, 4, 4)))
+    assert dense(field * 1.1, field).item() == pytest.approx(0.1, rel=1e-9)
+    with pytest.raises(ValueError, match="unknown task kind 'points'"):
+        make_loss("points")
