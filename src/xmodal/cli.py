@@ -227,9 +227,10 @@ def _study_parser(sub) -> None:
 
 
 def overrides_from_args(args) -> list[str]:
+    """`key=value` for each fit flag the command has and the user gave, then the `--set` items."""
     items = []
     for flag, key, _typ, _help in FIT_FLAGS:
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        value = getattr(args, flag.lstrip("-").replace("-", "_"), None)
         if value is not None:
             items.append(f"{key}={value}")
     return items + list(args.set)
@@ -274,18 +275,15 @@ def cmd_baseline(args) -> int:
     from .config import load_config
     from .fit import fit
     from .tasks import load_task
-    items = [f"{key}={getattr(args, flag.lstrip('-').replace('-', '_'))}"
-             for flag, key, _t, _h in FIT_FLAGS
-             if flag in ("--task", *BASELINE_FLAGS)
-             and getattr(args, flag.lstrip("-").replace("-", "_")) is not None]
-    cfg = load_config(args.config, items + list(args.set))
+    items = overrides_from_args(args)
+    cfg = load_config(args.config, items)
     data = load_task(cfg.task)
     methods = args.method or default_methods(data.spec)
     for method in methods:
         check_method(method, data.spec)
     failed = 0
     for method in methods:
-        mcfg = load_config(args.config, items + list(args.set) + [f"baseline.method={method}"])
+        mcfg = load_config(args.config, items + [f"baseline.method={method}"])
         result = fit(mcfg, progress=not args.quiet, force=args.force, data=data,
                      log=(lambda _m: None) if args.quiet else _log_line)
         failed += result.status != "done"
