@@ -124,7 +124,8 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, progress: bool =
     artifacts.write_json(run_dir / "summary.json", summary)
     (run_dir / "resume.pt").unlink(missing_ok=True)
     log(f"{run_dir.name}: test {summary['metric']} = {summary['test_metric_best']:.4f} "
-        f"(best val epoch {summary['best_epoch']}); last epoch {summary['test_metric_last']:.4f}")
+        f"({'best val' if data.selection == 'best-val' else 'kept'} epoch {summary['best_epoch']}); "
+        f"last epoch {summary['test_metric_last']:.4f}")
     return FitResult(run_dir, "done", summary, state.history)
 
 
