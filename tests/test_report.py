@@ -312,3 +312,50 @@ def test_freezing_verdicts_with_unequal_spreads(tmp_path):
         assert row in md
     assert "the trained embedder beat the untrained one significantly in 1 of 2 freezing " \
            "modes (freeze body)." in md
+
+
+def test_custom_part_table_and_sentences(tmp_path):
+    """A custom part on 4 seeds: each label's interval is its own Student-t interval, each other
+    label is compared with the lowest mean by scipy's paired t-test, Holm-adjusted over the
+    part, and the sentence sorts the labels by that verdict. Guards: Welch's test would call b
+    vs a a tie; d has 2 seeds (no test); a task with one label gets no sentence."""
+    from scipy import stats as sps
+    values = {"a": [0.10, 0.20, 0.15, 0.30],   # lowest mean, wide
+              "b": [0.12, 0.23, 0.18, 0.33],   # above a on every seed
+              "c": [0.19, 0.20, 0.21, 0.20],   # narrow, no consistent difference from a
+              "d": [0.50, 0.60]}               # too few seeds
+    b = Builder(tmp_path)
+    for label, vals in values.items():
+        b.add("sweep", "custom", "gunpoint", vals, {"label": label, "variant": label})
+    b.add("sweep", "custom", "ecg", [0.4, 0.5, 0.45], {"label": "a", "variant": "a"})
+    b.fail("sweep", "custom", "darcy")
+    b.store.close()
+    md = write_report(tmp_path).read_text()
+
+    raw = {k: sps.ttest_rel(values[k], values["a"]).pvalue for k in ("b", "c")}
+    adj = _holm(raw)
+    assert adj["b"] < 0.05 <= adj["c"]
+    assert sps.ttest_ind(values["b"], values["a"], equal_var=False).pvalue > 0.5
+
+    def interval(vals):
+        if len(vals) < 2:
+            return f"{np.mean(vals):.3f}"
+        low, high = sps.t.interval(0.95, len(vals) - 1, loc=np.mean(vals), scale=sps.sem(vals))
+        return f"{np.mean(vals):.3f} ± {(high - low) / 2:.3f}"
+    ci = {k: interval(v) for k, v in values.items()}
+    last = {k: interval([x + 0.01 for x in v]) for k, v in values.items()}
+    assert "## Custom study: part 'sweep'" in md
+    assert f"| gunpoint | a | 4 | {ci['a']} | {last['a']} | lowest mean |" in md
+    assert f"| gunpoint | b | 4 | {ci['b']} | {last['b']} | worse (paired t, n=4, " \
+           f"p_Holm = {adj['b']:.3f}) |" in md
+    assert f"| gunpoint | c | 4 | {ci['c']} | {last['c']} | no significant difference " \
+           f"(paired t, n=4, p_Holm = {adj['c']:.3f}) |" in md
+    assert f"| gunpoint | d | 2 | {ci['d']} | {last['d']} | not enough seeds (2 seed(s); " \
+           f"need 3) |" in md
+    assert f"| ecg | a | 3 | {interval([0.4, 0.5, 0.45])} |" in md
+    said = _sentences(md)
+    assert said == [f"On gunpoint, the lowest mean error came from a ({ci['a']}): significantly "
+                    f"lower than b; not significantly lower than c; not enough seeds to compare "
+                    f"it with d."]
+    assert "| darcy |" not in md  # a task whose runs all failed has no row
+    assert (tmp_path / "report" / "custom-custom-sweep.png").read_bytes().startswith(PNG)
