@@ -400,3 +400,26 @@ def test_objective_on_dense_multilabel_and_gaussian(case, tmp_path, one_thread):
     trace = [r["otdd"] for r in out["trace"]]
     assert trace[0] == pytest.approx(expected, rel=1e-5)
     assert trace[1] < trace[0]
+
+
+def test_gaussian_mmd_is_the_biased_estimate_with_the_median_heuristic():
+    """GaussianMMD against scipy's distances: h = median squared distance between source
+    points, value = mean k(xs, xs) + mean k(xt, xt) - 2 mean k(xs, xt) (source term chunked);
+    0 on the source itself; h = 1 when the source has no spread or one point."""
+    from scipy.spatial.distance import cdist, pdist
+    from xmodal.align import GaussianMMD
+    rng = np.random.default_rng(0)
+    xs = rng.normal(0, 0.3, (39, 5))       # 741 pairs: the median is one of them, h < 1
+    xt = rng.normal(0.2, 0.5, (25, 5))
+    h = float(np.median(pdist(xs, "sqeuclidean")))
+    assert h < 1
+
+    def k(a, b):
+        return np.exp(-cdist(a, b, "sqeuclidean") / h)
+    want = k(xs, xs).mean() + k(xt, xt).mean() - 2 * k(xs, xt).mean()
+    mmd = GaussianMMD(torch.from_numpy(xs), chunk=7)
+    assert mmd.h == pytest.approx(h, rel=1e-12)
+    assert float(mmd(torch.from_numpy(xt))) == pytest.approx(want, rel=1e-10)
+    assert float(mmd(torch.from_numpy(xs))) == pytest.approx(0.0, abs=1e-12)
+    assert GaussianMMD(torch.zeros(5, 3)).h == 1.0
+    assert GaussianMMD(torch.ones(1, 3)).h == 1.0

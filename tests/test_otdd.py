@@ -137,6 +137,8 @@ def test_exact_label_distances_match_emd2():
             ref = ot.emd2(np.full(len(xa), 1 / len(xa)), np.full(len(zb), 1 / len(zb)),
                           ot.dist(xa, zb))
             assert float(W[a, b]) == pytest.approx(ref, rel=1e-9)
+    W32 = label_distances(x.float(), y, z.float(), yz, inner="exact")   # keeps the input dtype
+    assert W32.dtype == torch.float32 and torch.allclose(W32.double(), W, rtol=1e-5)
 
 
 def bures_scipy(S1, S2):
@@ -373,15 +375,20 @@ def test_distance_from_npz(tmp_path):
     assert out["otdd"] == pytest.approx(float(otdd(xs, ys, xt)), rel=1e-6)
     assert (out["n_source"], out["n_target"], out["dim"]) == (20, 8, 4)
     assert (out["inner"], out["eps"]) == ("sinkhorn", 0.1)
+    assert (out["source_classes"], out["target_classes"]) == (2, 1)
     g = distance_from_npz(src, save(tmp_path, "t2.npz", x=xt.numpy(), y=np.arange(8) % 2),
                           inner="gaussian", eps=0.5)
     assert g["inner"] == "gaussian" and math.isfinite(g["otdd"])
+    assert (g["source_classes"], g["target_classes"]) == (2, 2)
 
 
 @pytest.mark.parametrize("src, tgt, message", [
-    (dict(y=np.zeros(4, int)), dict(x=np.ones((4, 2))), "no array 'x'"),
-    (dict(x=np.ones((4, 2))), dict(x=np.ones((4, 2))), "no array 'y'"),
-    (dict(x=np.random.rand(4, 2), y=np.zeros(3, int)), dict(x=np.ones((4, 2))), "labels"),
+    (dict(y=np.zeros(4, int)), dict(x=np.ones((4, 2))), "^source file .* no array 'x'"),
+    (dict(x=np.ones((4, 2)), y=np.zeros(4, int)), dict(y=np.zeros(4, int)),
+     "^target file .* no array 'x'"),
+    (dict(x=np.ones((4, 2))), dict(x=np.ones((4, 2))), "^source file .* no array 'y'"),
+    (dict(x=np.random.rand(4, 2), y=np.zeros(3, int)), dict(x=np.ones((4, 2))),
+     "^source file .* 3 labels for 4"),
     (dict(x=np.random.rand(4, 2), y=np.zeros(4, int)), dict(x=np.ones((4, 3))), "2 vs 3"),
     (dict(x=np.full((4, 2), np.nan), y=np.zeros(4, int)), dict(x=np.ones((4, 2))), "NaN"),
     (dict(x=np.random.rand(4, 2), y=np.array([0, 0, 0, 1])), dict(x=np.random.rand(4, 2)),
@@ -391,6 +398,20 @@ def test_distance_from_npz(tmp_path):
 def test_distance_from_npz_user_errors(tmp_path, src, tgt, message):
     with pytest.raises(UserError, match=message):
         distance_from_npz(save(tmp_path, "s.npz", **src), save(tmp_path, "t.npz", **tgt))
+
+
+def test_label_distance_errors_name_the_set():
+    """Errors of label_distances say which of its two sets is at fault, and the class-size
+    check follows the inner method of that call (gaussian needs 2 points per class)."""
+    x, y = clusters(4, 2, 3, 40)
+    one = torch.tensor([0, 0, 0, 0, 0, 0, 0, 1])
+    with pytest.raises(ValueError, match=r"^first set: class 1 has 1 point"):
+        label_distances(x, one)
+    with pytest.raises(ValueError, match=r"^second set: class 1 has 1 point.*'gaussian'"):
+        label_distances(x, y, x, one, inner="gaussian")
+    with pytest.raises(ValueError, match=r"^second labels"):
+        label_distances(x, y, x, y[:5])
+    assert label_distances(x, y, x, one, inner="exact").shape == (2, 2)
 
 
 def test_distance_from_npz_unreadable_file(tmp_path):

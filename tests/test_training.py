@@ -312,6 +312,27 @@ def test_lora_trains_adapters_embedder_and_predictor(models):
         assert torch.allclose(model(x), before, atol=1e-6)   # LoRA starts as the identity
 
 
+def test_lora_layers_add_alpha_over_r_times_b_a(models):
+    """Each adapted Linear (query and value of every layer, nothing else) computes
+    W x + (alpha / r) B A x with alpha = 2 r and no dropout: checked against the formula with
+    B set to non-zero values (at init B = 0 hides the scaling). Rank 3, because at rank 4 peft's
+    default alpha (8) would give the same scaling."""
+    model = apply_finetune_mode(copy.deepcopy(models["bert-tiny-random"]), "lora", lora_rank=3)
+    adapted = {n: m for n, m in model.body.named_modules() if hasattr(m, "lora_A")}
+    assert sorted(n.rsplit(".", 1)[-1] for n in adapted) == ["query"] * 2 + ["value"] * 2
+    gen = torch.Generator().manual_seed(0)
+    for layer in adapted.values():
+        a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
+        assert a.shape[0] == 3 and b.shape[1] == 3
+        assert isinstance(layer.lora_dropout["default"], nn.Identity)
+        with torch.no_grad():
+            b.copy_(torch.randn(b.shape, generator=gen))
+            x = torch.randn(3, a.shape[1], generator=gen)
+            want = F.linear(x, layer.base_layer.weight, layer.base_layer.bias) \
+                + 2.0 * x @ a.T @ b.T
+            assert torch.allclose(layer(x), want, atol=1e-5)
+
+
 def test_frozen_parts_do_not_move_during_training(models):
     model = apply_finetune_mode(copy.deepcopy(models["bert-tiny-random"]), "freeze-body")
     rng = np.random.default_rng(0)
