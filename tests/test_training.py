@@ -407,3 +407,63 @@ def test_non_finite_loss_via_cli_exits_1(tmp_path, monkeypatch, capsys):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["status"] == "failed" and "training loss became nan" in result["error"]
     assert "Traceback" not in err and "run failed" not in err   # --quiet: the JSON line says it
+
+
+# ---------------------------------------------------------------- one training step
+
+class Scale(nn.Module):
+    """out = w * x: a model without embedder/body/predictor parts (one optimizer group)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, x):
+        return self.w * x
+
+
+def test_dense_loss_is_on_decoded_fields_after_augmentation():
+    """A dense task's training loss is the relative L2 of the decoded output and target
+    (y * std + mean, with the task's normalisation), on the augmented batch."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 1, 4, 4)).astype(np.float32)
+    y = rng.normal(size=(6, 1, 4, 4)).astype(np.float32)
+    spec = TaskSpec("d", "d", "2d", "dense", (1, 4, 4), 1, "relative-l2", (1, 4, 4))
+    data = TaskData(spec, x, y, x[:2], y[:2], x[:2], y[:2], y_mean=np.float32(3.0),
+                    y_std=np.float32(2.0), augment=lambda t: t + 1.0)
+    cfg = load_config(overrides={"run.precision": "fp32", "train.epochs": 1})
+    trainer = Trainer(Scale(), data, cfg, CPU, progress=False)
+    loss = float(trainer._step_loss(torch.from_numpy(x), torch.from_numpy(y)).detach())
+    out = (0.5 * (x + 1.0)) * 2.0 + 3.0
+    target = y * 2.0 + 3.0
+    want = np.mean([np.linalg.norm(o - t) / np.linalg.norm(t) for o, t in zip(out, target)])
+    assert loss == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("flags, native", [
+    ("fpu sse avx2 avx512f avx512_bf16 avx512_vnni", True),
+    ("fpu sse avx2 amx_bf16 amx_tile", True),
+    ("fpu sse avx2 avx512f avx512_vnni", False)])
+def test_cpu_bf16_is_read_from_the_cpu_flags(monkeypatch, flags, native):
+    read = []
+
+    def fake_read(path, *a, **k):
+        read.append(str(path))
+        return f"processor\t: 0\nflags\t\t: {flags}\n"
+    monkeypatch.setattr(training.Path, "read_text", fake_read)
+    assert training.cpu_has_bf16() is native
+    assert read == ["/proc/cpuinfo"]
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(capsys):
+    """Progress bars are for terminals: with progress on and stderr captured (a log file, CI),
+    training writes no bar."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 2)).astype(np.float32)
+    spec = TaskSpec("c", "c", "1d", "classification", (2,), 2)
+    y = (x[:, 0] > 0).astype(np.int64)
+    data = TaskData(spec, x, y, x[:4], y[:4], x[:4], y[:4])
+    cfg = load_config(overrides={"train.epochs": 2, "train.batch_size": 4})
+    Trainer(nn.Linear(2, 2), data, cfg, CPU, progress=True).run()
+    err = capsys.readouterr().err
+    assert "epoch" not in err and "fine-tuning" not in err and "it/s" not in err
