@@ -192,6 +192,23 @@ def test_pseudo_labels_for_dense_and_multilabel():
     multi = rng.integers(0, 2, (30, 6)).astype(np.float32)
     assert np.array_equal(pseudo_labels(multi, 10, 0), pseudo_labels(multi, 10, 0))
     assert len(np.unique(pseudo_labels(np.zeros((5, 3)), 10, 0))) == 1
+    assert labels.dtype == np.int64
+
+
+def test_class_samples_draw_members_of_their_class():
+    """Alignment's per-class subsample (align.maxsamples): every class once, in a random order,
+    each sample drawn without replacement from that class's members (sorted), whole classes
+    kept when they are small enough."""
+    groups = [np.array([3, 8, 11, 20, 21, 40, 41]), np.array([0, 5]), np.arange(50, 62)]
+    drawn = list(align._class_samples(groups, np.random.default_rng(0), 4))
+    assert sorted(c for c, _ in drawn) == [0, 1, 2]
+    for c, take in drawn:
+        members = groups[c]
+        assert len(take) == min(4, len(members)) and len(set(take)) == len(take)
+        assert set(take) <= set(members) and list(take) == sorted(take)
+    orders = {tuple(c for c, _ in align._class_samples(groups, np.random.default_rng(s), 4))
+              for s in range(20)}
+    assert len(orders) > 1
 
 
 @pytest.mark.slow
@@ -340,6 +357,7 @@ def test_objective_is_the_class_frequency_weighted_sum(data, tmp_path, one_threa
         term.backward()
         expected += float(term.detach())
     assert out["trace"][0]["otdd"] == pytest.approx(expected, rel=1e-5)
+    assert out["target"] == {"labels": "classes", "n": len(labels)}
     stepped = load_file(str(tmp_path / "align" / "embedder_epoch_1.safetensors"))
     moved = 0.0
     for name, p in reference.embedder.named_parameters():
