@@ -15,6 +15,7 @@ from torch import nn
 from xmodal import cli, training
 from xmodal.bodies import parameter_count
 from xmodal.config import load_config
+from xmodal.errors import UserError
 from xmodal.fit import fit
 from xmodal.model import apply_finetune_mode, build_model, trainable_summary
 from xmodal.tasks import TaskData, TaskSpec
@@ -283,6 +284,8 @@ def test_finetune_modes_set_requires_grad_as_named(models, body):
         counts = trainable_summary(model)
         assert counts["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
         assert counts["total"] == sum(p.numel() for p in model.parameters())
+    with pytest.raises(UserError, match="unknown fine-tune mode 'attention-only'"):
+        apply_finetune_mode(copy.deepcopy(base), "attention-only")
         assert counts["trainable"] == sum(counts[f"{k}_trainable"]
                                           for k in ("embedder", "body", "predictor"))
         assert counts["body_trainable"] == parameter_count(bod, True)
