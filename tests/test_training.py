@@ -470,3 +470,11 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(capsys):
     Trainer(nn.Linear(2, 2), data, cfg, CPU, progress=True).run()
     err = capsys.readouterr().err
     assert "epoch" not in err and "fine-tuning" not in err and "it/s" not in err
+
+
+def test_one_line_error_text():
+    assert training.one_line(ValueError("  bad shape\n  at layer 3\n")) == "ValueError: bad shape"
+    assert training.one_line(KeyError()) == "KeyError"
+    long = training.one_line(RuntimeError("x" * 500), limit=20)
+    assert long == "RuntimeError: xxx..." and len(long) == 20
+    assert training.one_line(RuntimeError("y" * 6), limit=20) == "RuntimeError: yyyyyy"
