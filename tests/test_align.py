@@ -441,3 +441,12 @@ def test_gaussian_mmd_is_the_biased_estimate_with_the_median_heuristic():
     assert float(mmd(torch.from_numpy(xs))) == pytest.approx(0.0, abs=1e-12)
     assert GaussianMMD(torch.zeros(5, 3)).h == 1.0
     assert GaussianMMD(torch.ones(1, 3)).h == 1.0
+
+
+
+def test_class_groups_weights_and_the_no_class_error():
+    groups, weights = align.class_groups(np.array([2, 0, 2, 5, 2, 0]))
+    assert [list(g) for g in groups] == [[1, 5], [0, 2, 4]] and weights == [2 / 6, 3 / 6]
+    with pytest.raises(UserError, match="^alignment needs at least one target class with 2 or "
+                                        "more samples$"):
+        align.class_groups(np.array([0, 1, 2]))

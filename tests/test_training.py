@@ -389,7 +389,7 @@ def test_non_finite_loss_fails_the_run_with_a_summary(tmp_path, monkeypatch, val
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["status"] == "failed"
     word = "nan" if np.isnan(value) else "inf"
-    assert f"training loss became {word}" in summary["error"] and "epoch 2" in summary["error"]
+    assert f"training loss became {word} at epoch 2, batch 1;" in summary["error"]
     assert "train.lr" in summary["error"]                 # says what to do
     assert any("run failed" in line and word in line for line in lines)
     history = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -478,3 +478,77 @@ def test_one_line_error_text():
     long = training.one_line(RuntimeError("x" * 500), limit=20)
     assert long == "RuntimeError: xxx..." and len(long) == 20
     assert training.one_line(RuntimeError("y" * 6), limit=20) == "RuntimeError: yyyyyy"
+
+
+
+def test_track_best_keeps_the_first_lowest_finite_validation():
+    """Model selection: a worse, tied or NaN validation epoch keeps the earlier best (its
+    weights too); a lower one replaces it."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 2)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    data = TaskData(TaskSpec("c", "c", "1d", "classification", (2,), 2), x, y, x, y, x, y)
+    model = nn.Linear(2, 2)
+    trainer = Trainer(model, data, load_config(overrides={"train.epochs": 1}), CPU,
+                      progress=False)
+    for epoch, val in enumerate([0.5, 0.7, 0.5, float("nan"), 0.3, 0.4], start=1):
+        with torch.no_grad():
+            model.bias.fill_(epoch)
+        trainer._track_best(epoch, val)
+        if epoch == 4:
+            assert trainer.state.best_epoch == 1 and trainer.state.best_metric == 0.5
+            assert float(trainer.state.best_state["bias"][0]) == 1.0
+    assert trainer.state.best_epoch == 5 and trainer.state.best_metric == 0.3
+    assert float(trainer.state.best_state["bias"][0]) == 5.0
+
+
+def test_multilabel_loss_uses_the_configured_pos_weight():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 3)).astype(np.float32)
+    y = rng.integers(0, 2, (6, 3)).astype(np.float32)
+    spec = TaskSpec("m", "m", "1d", "multilabel", (3,), 3, "1-auroc")
+    data = TaskData(spec, x, y, x, y, x, y)
+    cfg = load_config(overrides={"train.pos_weight": 4.0, "run.precision": "fp32",
+                                 "train.epochs": 1})
+    loss = Trainer(Scale(), data, cfg, CPU, progress=False)._step_loss(
+        torch.from_numpy(x), torch.from_numpy(y))
+    logits, t = 0.5 * x, y
+    want = np.mean(-(4.0 * t * np.log(1 / (1 + np.exp(-logits)))
+                     + (1 - t) * np.log(1 - 1 / (1 + np.exp(-logits)))))
+    assert float(loss.detach()) == pytest.approx(want, rel=1e-5)
+
+
+def test_auto_device_and_precision_on_a_cuda_machine(monkeypatch):
+    """`auto` picks CUDA when there is one, and bf16 there when the GPU supports it (checked
+    with CUDA's answers replaced: CI has no GPU)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert training.resolve_device("auto") == torch.device("cuda")
+    cuda = torch.device("cuda")
+    for supported, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda s=supported: s)
+        assert training.resolve_precision(cuda, "auto") == want
+    assert training.resolve_precision(cuda, "fp32") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(UserError, match="no CUDA device"):
+        training.resolve_device("cuda")
+
+
+@pytest.mark.parametrize("body", ["bert-tiny-random", "vit-tiny-random", "swin-tiny-random"])
+def test_model_forward_gives_one_row_of_logits_per_sample(models, body):
+    model = models[body].eval()
+    x = torch.randn(2, 2, 24) if body == "bert-tiny-random" else torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, 3) and torch.isfinite(out).all()
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_build_model_reports_what_it_copied_from_the_body():
+    spec = TaskSpec("t", "t", "1d", "classification", (2, 24), 3)
+    cfg = load_config(overrides={"body.name": "bert-tiny-random", "embedder.seq_len": 8})
+    _, notes = build_model(spec, cfg)
+    assert "position embeddings" in notes and all(isinstance(n, str) for n in notes)
+    cfg = load_config(overrides={"body.name": "bert-tiny-random", "embedder.seq_len": 8,
+                                 "embedder.init_from_body": False})
+    assert build_model(spec, cfg)[1] == []
