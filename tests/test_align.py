@@ -2,6 +2,7 @@
 
 import copy
 import json
+import time
 
 import numpy as np
 import pytest
@@ -71,9 +72,17 @@ def test_alignment_trains_only_the_embedder(data, tmp_path, monkeypatch):
     body, pred, emb = snapshot(model.body), snapshot(model.predictor), snapshot(model.embedder)
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     steps = count_steps(monkeypatch)
-    out = run_alignment(model, data, cfg, CPU, tmp_path, progress=False, log=lambda m: None)
+    said = []
+    started = time.time()
+    out = run_alignment(model, data, cfg, CPU, tmp_path, progress=False, log=said.append)
+    took = time.time() - started
     trace = [r["otdd"] for r in out["trace"]]
     assert [r["epoch"] for r in out["trace"]] == [0, 1, 2, 3]
+    seconds = [r["seconds"] for r in out["trace"]]    # since the stage started
+    assert 0 <= seconds[0] and seconds == sorted(seconds) and seconds[-1] <= took + 1e-3
+    assert out["step_per"] == cfg.align.step_per
+    assert said[-1].startswith(f"alignment (otdd, proxy fake-text): {trace[0]:.4g} -> "
+                               f"{trace[-1]:.4g} over 3 embedder epochs")
     assert trace[-1] < trace[0]
     assert len(steps) == 3 == out["steps"]                       # one step per epoch
     assert same(body, snapshot(model.body)) and same(pred, snapshot(model.predictor))
@@ -87,6 +96,9 @@ def test_alignment_trains_only_the_embedder(data, tmp_path, monkeypatch):
     folder = tmp_path / "align"
     assert (folder / "done.json").is_file()
     assert all((folder / f"embedder_epoch_{k}.safetensors").is_file() for k in range(4))
+    from safetensors import safe_open
+    with safe_open(str(folder / "embedder_epoch_2.safetensors"), "pt") as f:
+        assert f.metadata() == {"epoch": "2", "key": alignment_key(cfg)}
 
 
 @pytest.fixture
@@ -450,3 +462,12 @@ def test_class_groups_weights_and_the_no_class_error():
     with pytest.raises(UserError, match="^alignment needs at least one target class with 2 or "
                                         "more samples$"):
         align.class_groups(np.array([0, 1, 2]))
+
+
+
+def test_l2_objective_is_the_squared_distance_between_mean_features():
+    rng = np.random.default_rng(0)
+    xs, xt = rng.normal(size=(30, 4)), rng.normal(1.0, 2.0, (12, 4))
+    f = align.build_objective("l2", torch.from_numpy(xs), torch.zeros(30, dtype=torch.long), 0.1)
+    want = float(((xt.mean(0) - xs.mean(0)) ** 2).sum())
+    assert float(f(torch.from_numpy(xt))) == pytest.approx(want, rel=1e-12)

@@ -412,6 +412,10 @@ def test_label_distance_errors_name_the_set():
     with pytest.raises(ValueError, match=r"^second labels"):
         label_distances(x, y, x, y[:5])
     assert label_distances(x, y, x, one, inner="exact").shape == (2, 2)
+    with pytest.raises(ValueError, match="maxsamples_per_class must be >= 2, got 1"):
+        label_distances(x, y, maxsamples_per_class=1)
+    assert torch.equal(label_distances(x, y, maxsamples_per_class=2),
+                       label_distances(x[[0, 1, 4, 5]], y[[0, 1, 4, 5]]))   # the first 2 of each
 
 
 def test_distance_from_npz_unreadable_file(tmp_path):

@@ -530,6 +530,10 @@ def test_auto_device_and_precision_on_a_cuda_machine(monkeypatch):
     assert training.resolve_precision(cuda, "fp32") == "fp32"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert training.resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
+    assert training.resolve_precision(CPU, "auto") == "fp32"
+    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
+    assert training.resolve_precision(CPU, "auto") == "bf16"
     with pytest.raises(UserError, match="no CUDA device"):
         training.resolve_device("cuda")
 
@@ -552,3 +556,24 @@ def test_build_model_reports_what_it_copied_from_the_body():
     cfg = load_config(overrides={"body.name": "bert-tiny-random", "embedder.seq_len": 8,
                                  "embedder.init_from_body": False})
     assert build_model(spec, cfg)[1] == []
+    image = TaskSpec("i", "i", "2d", "classification", (3, 16, 16), 3)
+    cfg = load_config(overrides={"body.name": "vit-tiny-random", "embedder.patch": 8})
+    model = build_model(image, cfg)[0]
+    assert model.embedder.proj.kernel_size == (8, 8) and model.embedder.grid == (4, 4)
+
+
+
+def test_evaluation_runs_at_the_runs_precision(monkeypatch):
+    seen = []
+    real = training.predict
+
+    def spy(model, x, batch_size, device, precision, *rest):
+        seen.append((batch_size, precision))
+        return real(model, x, batch_size, device, precision, *rest)
+    monkeypatch.setattr(training, "predict", spy)
+    x = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
+    y = np.array([0, 1, 0, 1, 1])
+    data = TaskData(TaskSpec("c", "c", "1d", "classification", (2,), 2), x, y, x, y, x, y)
+    cfg = load_config(overrides={"run.precision": "bf16", "train.eval_batch_size": 3})
+    training.evaluate(nn.Linear(2, 2), x, y, data, cfg, CPU)
+    assert seen == [(3, "bf16")]

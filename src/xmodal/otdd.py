@@ -611,7 +611,6 @@ class _ClassStats:
     squared distances within the set (needed by the cloud-based inner distances)."""
 
     def __init__(self, x: Tensor, codes: Tensor, k: int, st: _Settings, D_self=None):
-        self.k = k
         if st.inner == "gaussian":
             self.gauss = _class_gaussians(x, codes, k, st.shrinkage, st.maxsamples_per_class)
             return
