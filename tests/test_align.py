@@ -471,3 +471,11 @@ def test_l2_objective_is_the_squared_distance_between_mean_features():
     f = align.build_objective("l2", torch.from_numpy(xs), torch.zeros(30, dtype=torch.long), 0.1)
     want = float(((xt.mean(0) - xs.mean(0)) ** 2).sum())
     assert float(f(torch.from_numpy(xt))) == pytest.approx(want, rel=1e-12)
+
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(data, tmp_path, capsys):
+    cfg, model = make(**{"align.objective": "l2", "align.epochs": 1})
+    run_alignment(model, data, cfg, CPU, tmp_path, progress=True, log=lambda m: None)
+    err = capsys.readouterr().err
+    assert "align" not in err and "it/s" not in err

@@ -156,6 +156,20 @@ def test_gaussian_label_distances_closed_form():
             ref = ((xa.mean(0) - zb.mean(0)) ** 2).sum() + bures_scipy(np.cov(xa.T),
                                                                         np.cov(zb.T))
             assert float(W[a, b]) == pytest.approx(ref, rel=1e-8)
+    W32 = label_distances(x.float(), y, z.float(), yz, inner="gaussian")   # Ledoit-Wolf, fp32
+    assert W32.dtype == torch.float32
+    assert torch.allclose(W32.double(), label_distances(x, y, z, yz, inner="gaussian"),
+                          rtol=1e-4)
+
+
+def test_batched_row_sums_match_einsum_on_both_paths():
+    """K @ v over a batch: a loop of mat-vecs up to 64 problems on CPU, one bmm beyond."""
+    from xmodal.otdd import _row_sums
+    g = torch.Generator().manual_seed(0)
+    for batch in (3, 70):
+        K, v = torch.rand(batch, 5, 4, generator=g, dtype=F64), torch.rand(batch, 4, generator=g,
+                                                                            dtype=F64)
+        assert torch.allclose(_row_sums(K, v), torch.einsum("bnm,bm->bn", K, v), rtol=1e-12)
 
 
 def test_shrinkage_intensity_matches_sklearn():
@@ -412,6 +426,8 @@ def test_label_distance_errors_name_the_set():
     with pytest.raises(ValueError, match=r"^second labels"):
         label_distances(x, y, x, y[:5])
     assert label_distances(x, y, x, one, inner="exact").shape == (2, 2)
+    with pytest.raises(ValueError, match=r"^source set: class 1 has 1 point"):
+        OTDD(x, one)
     with pytest.raises(ValueError, match="maxsamples_per_class must be >= 2, got 1"):
         label_distances(x, y, maxsamples_per_class=1)
     assert torch.equal(label_distances(x, y, maxsamples_per_class=2),

@@ -296,6 +296,22 @@ def test_finetune_modes_set_requires_grad_as_named(models, body):
         assert {id(p) for g in opt.param_groups for p in g["params"]} == t
 
 
+def test_each_part_trains_at_its_own_learning_rate(models):
+    """One optimizer group per part: embedder and predictor at lr x their multipliers, the
+    body at lr; frozen parts get no group."""
+    model = copy.deepcopy(models["bert-tiny-random"])
+    tc = load_config(overrides={"train.embedder_lr_mult": 2.0,
+                                "train.predictor_lr_mult": 10.0}).train
+    groups = {g["name"]: g for g in make_optimizer(model, tc, 1e-3).param_groups}
+    assert {k: g["lr"] for k, g in groups.items()} == pytest.approx(
+        {"body": 1e-3, "embedder": 2e-3, "predictor": 1e-2})
+    for part in ("embedder", "body", "predictor"):
+        assert {id(p) for p in groups[part]["params"]} == all_ids(getattr(model, part))
+    frozen = apply_finetune_mode(model, "freeze-body")
+    assert [g["name"] for g in make_optimizer(frozen, tc, 1e-3).param_groups] == \
+        ["embedder", "predictor"]
+
+
 def test_lora_trains_adapters_embedder_and_predictor(models):
     model = copy.deepcopy(models["bert-tiny-random"])
     x = torch.randn(2, 2, 24)
