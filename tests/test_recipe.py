@@ -51,6 +51,7 @@ def write_npz(path: Path, n_train: int, n_test: int = 30, classes: int = 3, seed
 def test_automatic_budget(n, batch, steps, epochs):
     budget = resolve_budget(TrainConfig(), n)
     assert (budget.batch_size, budget.steps_per_epoch, budget.epochs) == (batch, steps, epochs)
+    assert all(type(v) is int for v in (budget.batch_size, budget.steps_per_epoch, budget.epochs))
     assert budget.steps >= min(300, 100 * steps)
 
 

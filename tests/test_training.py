@@ -593,3 +593,18 @@ def test_evaluation_runs_at_the_runs_precision(monkeypatch):
     cfg = load_config(overrides={"run.precision": "bf16", "train.eval_batch_size": 3})
     training.evaluate(nn.Linear(2, 2), x, y, data, cfg, CPU)
     assert seen == [(3, "bf16")]
+
+
+
+def test_each_epoch_reshuffles_the_training_set_reproducibly():
+    x = np.arange(40, dtype=np.float32).reshape(20, 2)
+    y = np.zeros(20, dtype=np.int64)
+    data = TaskData(TaskSpec("c", "c", "1d", "classification", (2,), 2), x, y, x, y, x, y)
+    cfg = load_config(overrides={"train.batch_size": 5, "train.epochs": 2})
+
+    def order(epoch):
+        trainer = Trainer(nn.Linear(2, 2), data, cfg, CPU, progress=False)
+        return [int(v) for xb, _ in trainer._loader(epoch) for v in xb[:, 0] // 2]
+    first = order(1)
+    assert sorted(first) == list(range(20)) and first != list(range(20))
+    assert order(2) != first and order(1) == first
