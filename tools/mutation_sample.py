@@ -62,9 +62,23 @@ def draw(per_module: int, seed: int) -> list[str]:
     return sample
 
 
+def generate() -> None:
+    """Generate the mutants and the per-test stats without checking any mutant: mutmut has no
+    command for that, so run it with a filter that matches nothing (it then stops with
+    'nothing matches', after saving both)."""
+    print("generating mutants and collecting test stats (minutes)...", flush=True)
+    MUTANTS.mkdir(exist_ok=True)
+    log = MUTANTS / "generate.log"
+    with log.open("w") as out:
+        subprocess.call([str(Path(sys.executable).with_name("mutmut")), "run",
+                         "xmodal.no-such-mutant*"], stdout=out, stderr=subprocess.STDOUT)
+    if not names_by_module() or not (MUTANTS / "mutmut-stats.json").exists():
+        sys.exit(f"mutmut could not generate the mutants or the test stats; see {log}")
+
+
 def run(per_module: int, seed: int) -> None:
-    if not MUTANTS.exists():   # generate the mutants and the test stats, check none
-        mutmut("run", "xmodal.no-such-mutant*")
+    if not names_by_module() or not (MUTANTS / "mutmut-stats.json").exists():
+        generate()
     if not SAMPLE.exists():
         SAMPLE.write_text("\n".join(draw(per_module, seed)))
     sample = SAMPLE.read_text().split()
