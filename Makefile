@@ -38,7 +38,7 @@ bench-recipe: $(STAMP)
 
 # Mutation testing of the science modules (mutmut, settings in pyproject.toml [tool.mutmut]).
 # Not part of CI. `make mutation-sample`: a seeded random sample of PER_MODULE mutants of each
-# module (about an hour on 2 cores), then kill rates with 95% CIs and the survivors.
+# module (about two hours on 2 cores), then kill rates with 95% CIs and the survivors.
 # `make mutation`: every mutant (many hours). One module: make mutation MUTANTS='xmodal.metrics*'
 MUTANTS ?=
 PER_MODULE ?= 80
