@@ -34,8 +34,8 @@ def module_of(name: str) -> str:
     return name.split(".x")[0]
 
 
-def mutmut(*args: str) -> int:
-    return subprocess.call([str(Path(sys.executable).with_name("mutmut")), *args])
+def mutmut(*args: str, **popen) -> int:
+    return subprocess.call([str(Path(sys.executable).with_name("mutmut")), *args], **popen)
 
 
 def names_by_module() -> dict[str, list[str]]:
@@ -70,8 +70,7 @@ def generate() -> None:
     MUTANTS.mkdir(exist_ok=True)
     log = MUTANTS / "generate.log"
     with log.open("w") as out:
-        subprocess.call([str(Path(sys.executable).with_name("mutmut")), "run",
-                         "xmodal.no-such-mutant*"], stdout=out, stderr=subprocess.STDOUT)
+        mutmut("run", "xmodal.no-such-mutant*", stdout=out, stderr=subprocess.STDOUT)
     if not names_by_module() or not (MUTANTS / "mutmut-stats.json").exists():
         sys.exit(f"mutmut could not generate the mutants or the test stats; see {log}")
 
