@@ -23,6 +23,8 @@ import yaml
 from xmodal import cli
 from xmodal.study.store import Store
 
+from test_fit_cli import write_npz
+
 TINY = ["--task", "digits", "--body", "minilm", "--set", "body.num_layers=1", "--seq-len", "4",
         "--max-train", "32", "--max-test", "32", "--epochs", "1", "--device", "cpu", "--quiet",
         "--set", "run.threads=1"]
@@ -87,17 +89,6 @@ def box(tmp_path, monkeypatch):
 
 def fit_args(box: Box, *extra) -> list:
     return ["fit", *TINY, "--out", box.out, *extra]
-
-
-def write_npz(path: Path, **changes) -> str:
-    rng = np.random.default_rng(0)
-    arrays = {"x_train": rng.normal(size=(20, 1, 16)).astype(np.float32),
-              "y_train": np.arange(20) % 2,
-              "x_test": rng.normal(size=(6, 1, 16)).astype(np.float32),
-              "y_test": np.arange(6) % 2}
-    arrays.update(changes)
-    np.savez(path, **arrays)
-    return f"npz:{path}"
 
 
 # ----------------------------------------------------------------------------- fit: config
