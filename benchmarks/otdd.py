@@ -1,4 +1,4 @@
-"""Benchmark: cached OTDD (xmodal.otdd.OTDD) vs the uncached reference (otdd_direct).
+"""Benchmark: cached OTDD (xmodal.ot.otdd.OTDD) vs the uncached reference (otdd_direct).
 
 Workload = one ORCA alignment epoch's OTDD work: a labelled source set (n samples, 10 classes)
 and 10 target classes of 128 samples; each call compares the whole source with ONE target
@@ -28,7 +28,7 @@ if "--omp-passive" in sys.argv:  # must precede the OpenMP runtime's start (impo
 
 import torch  # noqa: E402
 
-from xmodal.otdd import OTDD, otdd_direct  # noqa: E402
+from xmodal.ot.otdd import OTDD, otdd_direct
 
 
 def make_data(n: int, d: int, n_classes: int = 10, n_tgt: int = 128, seed: int = 0):

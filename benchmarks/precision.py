@@ -22,9 +22,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from xmodal.bodies import load_body  # noqa: E402
+from xmodal.model.bodies import load_body  # noqa: E402
 from xmodal.config import BodyConfig  # noqa: E402
-from xmodal.training import cpu_has_bf16  # noqa: E402
+from xmodal.stages.device import cpu_has_bf16
 
 SHAPES = [(8, 12), (32, 16), (32, 64)]   # small UCR default, digits default, the shape
 

@@ -39,8 +39,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI: no spinning threads
 
 import xmodal  # noqa: E402
-from xmodal.baselines import default_methods  # noqa: E402
-from xmodal.tasks import REGISTRY, list_specs  # noqa: E402
+from xmodal.runs.baselines import default_methods  # noqa: E402
+from xmodal.data.registry import REGISTRY, list_specs
 
 TASKS = ["digits", "arrowhead", "osuleaf", "basicmotions", "gunpoint", "italypower", "dna",
          "darcy"]

@@ -46,9 +46,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from xmodal.config import load_config  # noqa: E402
-from xmodal.model import apply_finetune_mode, build_model  # noqa: E402
-from xmodal.tasks import REGISTRY, TaskData, list_specs  # noqa: E402
-from xmodal.training import Trainer, resolve_device  # noqa: E402
+from xmodal.model.finetune import apply_finetune_mode
+from xmodal.model.crossmodal import build_model
+from xmodal.data.registry import REGISTRY, list_specs
+from xmodal.data.types import TaskData
+from xmodal.runs.fit import trainer_for
+from xmodal.stages.device import resolve_device
 
 TASK = "arrowhead"  # (1, 251) series, 3 classes
 
@@ -92,7 +95,7 @@ def median_time(fn, device, k: int) -> float:
     return statistics.median(timed(fn, device)[0] for _ in range(k))
 
 
-def breakdown(trainer: Trainer, batches, device, k: int = 20) -> list[tuple[str, float]]:
+def breakdown(trainer, batches, device, k: int = 20) -> list[tuple[str, float]]:
     """Wall time of each piece of per-step work the Trainer does beyond the bare loop, each
     timed in isolation (median of `k` calls) with real gradients present. (On CUDA this does
     not capture the cost of the two host syncs per step, isfinite() and item().)"""
@@ -127,10 +130,10 @@ def bench(args, device: torch.device) -> dict:
         "task.name": TASK, "body.name": args.body, "embedder.seq_len": args.seq_len,
         "train.batch_size": args.batch_size, "train.epochs": args.repeats + 1,
         "run.device": str(device.type)})
-    model, _ = build_model(data.spec, cfg)
+    model, _ = build_model(data.spec, cfg.body, cfg.embedder, cfg.run.seed)
     model = apply_finetune_mode(model, cfg.train.finetune)
     bare_model = copy.deepcopy(model).to(device)  # same weights, same trainable set
-    trainer = Trainer(model, data, cfg, device, progress=not args.no_progress)
+    trainer = trainer_for(cfg, model, data, device, progress=not args.no_progress)
     bare_opt = torch.optim.AdamW([p for p in bare_model.parameters() if p.requires_grad],
                                  lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 

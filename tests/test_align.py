@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from xmodal import align
-from xmodal.align import alignment_key, pseudo_labels, run_alignment
+from xmodal.stages import align
+from xmodal.config.identity import alignment_key
+from xmodal.stages.align import pseudo_labels, run_alignment
 from xmodal.config import load_config
+from xmodal.config.derived import align_lr, from_epoch
+from xmodal.config.resolve import resolve_align
 from xmodal.errors import UserError
-from xmodal.model import build_model
-from xmodal.tasks import load_task
+from xmodal.model.crossmodal import build_model
+from xmodal.data.registry import load_task
 
 CPU = torch.device("cpu")
 BASE = {"task.name": "digits", "task.max_train": 60, "body.num_layers": 1,
@@ -44,7 +47,7 @@ def make(**extra):
     cfg = load_config(overrides={**BASE, **extra})
     if "model" not in _TEMPLATE:
         torch.manual_seed(0)
-        _TEMPLATE["model"] = build_model(load_task(cfg.task).spec, cfg)[0]
+        _TEMPLATE["model"] = build_model(load_task(cfg.task).spec, cfg.body, cfg.embedder, cfg.run.seed)[0]
     return cfg, copy.deepcopy(_TEMPLATE["model"])
 
 
@@ -74,9 +77,9 @@ def test_alignment_trains_only_the_embedder(data, tmp_path, monkeypatch):
     steps = count_steps(monkeypatch)
     said = []
     started = time.time()
-    out = run_alignment(model, data, cfg, CPU, tmp_path, progress=False, log=said.append)
+    out = run_alignment(model, data, resolve_align(cfg), CPU, tmp_path, progress=False, log=said.append)
     took = time.time() - started
-    trace = [r["otdd"] for r in out["trace"]]
+    trace = [r["value"] for r in out["trace"]]
     assert [r["epoch"] for r in out["trace"]] == [0, 1, 2, 3]
     seconds = [r["seconds"] for r in out["trace"]]    # since the stage started
     assert 0 <= seconds[0] and seconds == sorted(seconds) and seconds[-1] <= took + 1e-3
@@ -91,8 +94,6 @@ def test_alignment_trains_only_the_embedder(data, tmp_path, monkeypatch):
     assert out["epoch_used"] == 3 and out["reused"] is False
     assert out["source_classes"] == 8 and out["n_source"] == 200 and out["proxy"] == "fake-text"
     json.dumps(out)
-    lines = (tmp_path / "align.jsonl").read_text().splitlines()
-    assert [json.loads(line) for line in lines] == out["trace"]
     folder = tmp_path / "align"
     assert (folder / "done.json").is_file()
     assert all((folder / f"embedder_epoch_{k}.safetensors").is_file() for k in range(4))
@@ -116,9 +117,9 @@ def test_same_seed_same_trace(data, tmp_path, one_thread):
     runs = []
     for name in ("a", "b"):
         cfg, model = make(**{"align.epochs": 2})
-        out = run_alignment(model, data, cfg, CPU, tmp_path / name, progress=False,
+        out = run_alignment(model, data, resolve_align(cfg), CPU, tmp_path / name, progress=False,
                             log=lambda m: None)
-        runs.append(([r["otdd"] for r in out["trace"]], snapshot(model.embedder)))
+        runs.append(([r["value"] for r in out["trace"]], snapshot(model.embedder)))
     assert runs[0][0] == runs[1][0] and same(runs[0][1], runs[1][1])
 
 
@@ -126,25 +127,25 @@ def test_stage_reuse_and_from_epoch(data, tmp_path, monkeypatch):
     shared = {"align.cache_dir": str(tmp_path / "stages")}
     cfg, model = make(**shared)
     initial = snapshot(model.embedder)
-    first = run_alignment(model, data, cfg, CPU, tmp_path / "r1", progress=False,
+    first = run_alignment(model, data, resolve_align(cfg), CPU, tmp_path / "r1", progress=False,
                           log=lambda m: None)
     trained = snapshot(model.embedder)
     assert (tmp_path / "stages" / alignment_key(cfg) / "done.json").is_file()
 
     monkeypatch.setattr(align, "_train", lambda *a, **k: pytest.fail("retrained"))
     cfg2, model2 = make(**shared)
-    second = run_alignment(model2, data, cfg2, CPU, tmp_path / "r2", progress=False,
+    second = run_alignment(model2, data, resolve_align(cfg2), CPU, tmp_path / "r2", progress=False,
                            log=lambda m: None)
     assert second["reused"] and second["trace"] == first["trace"]
     assert same(trained, snapshot(model2.embedder))
 
     cfg0, model0 = make(**shared, **{"align.from_epoch": 0})
     assert alignment_key(cfg0) == alignment_key(cfg)
-    out0 = run_alignment(model0, data, cfg0, CPU, tmp_path / "r0", progress=False,
+    out0 = run_alignment(model0, data, resolve_align(cfg0), CPU, tmp_path / "r0", progress=False,
                          log=lambda m: None)
     assert out0["epoch_used"] == 0 and same(initial, snapshot(model0.embedder))
     cfg1, model1 = make(**shared, **{"align.from_epoch": 1})
-    run_alignment(model1, data, cfg1, CPU, tmp_path / "r3", progress=False, log=lambda m: None)
+    run_alignment(model1, data, resolve_align(cfg1), CPU, tmp_path / "r3", progress=False, log=lambda m: None)
     e1 = snapshot(model1.embedder)
     assert not same(e1, initial) and not same(e1, trained)
 
@@ -152,31 +153,31 @@ def test_stage_reuse_and_from_epoch(data, tmp_path, monkeypatch):
 def test_from_epoch_is_validated(data, tmp_path):
     cfg = load_config(overrides={**BASE, "align.from_epoch": 4})
     with pytest.raises(UserError, match="from_epoch"):
-        run_alignment(None, data, cfg, CPU, tmp_path, progress=False, log=lambda m: None)
-    assert align.check_from_epoch(load_config(overrides={**BASE, "align.from_epoch": 3})) == 3
-    assert align.check_from_epoch(load_config(overrides=BASE)) == 3
+        resolve_align(cfg)
+    assert from_epoch(load_config(overrides={**BASE, "align.from_epoch": 3})) == 3
+    assert from_epoch(load_config(overrides=BASE)) == 3
 
 
 def test_step_per_class_and_cheap_objectives(data, tmp_path, monkeypatch):
     steps = count_steps(monkeypatch)
     cfg, model = make(**{"align.step_per": "class", "align.objective": "l2",
                          "align.epochs": 2})
-    out = run_alignment(model, data, cfg, CPU, tmp_path / "l2", progress=False,
+    out = run_alignment(model, data, resolve_align(cfg), CPU, tmp_path / "l2", progress=False,
                         log=lambda m: None)
     n_classes = int((np.bincount(data.y_train) >= 2).sum())   # one-sample classes are skipped
     assert len(steps) == out["steps"] == 2 * n_classes
-    assert out["trace"][-1]["otdd"] < out["trace"][0]["otdd"]
+    assert out["trace"][-1]["value"] < out["trace"][0]["value"]
     cfg, model = make(**{"align.objective": "mmd", "align.epochs": 2, "align.lr": 1e-2})
-    out = run_alignment(model, data, cfg, CPU, tmp_path / "mmd", progress=False,
+    out = run_alignment(model, data, resolve_align(cfg), CPU, tmp_path / "mmd", progress=False,
                         log=lambda m: None)
-    assert out["objective"] == "mmd" and out["trace"][-1]["otdd"] < out["trace"][0]["otdd"]
+    assert out["objective"] == "mmd" and out["trace"][-1]["value"] < out["trace"][0]["value"]
 
 
 def test_stale_stage_in_run_dir_is_retrained(data, tmp_path):
     cfg, model = make(**{"align.objective": "l2", "align.epochs": 2})
-    run_alignment(model, data, cfg, CPU, tmp_path, progress=False, log=lambda m: None)
+    run_alignment(model, data, resolve_align(cfg), CPU, tmp_path, progress=False, log=lambda m: None)
     cfg, model = make(**{"align.objective": "l2", "align.epochs": 1})
-    out = run_alignment(model, data, cfg, CPU, tmp_path, progress=False, log=lambda m: None)
+    out = run_alignment(model, data, resolve_align(cfg), CPU, tmp_path, progress=False, log=lambda m: None)
     assert not out["reused"] and len(out["trace"]) == 2
     assert json.loads((tmp_path / "align" / "done.json").read_text())["epochs"] == 1
 
@@ -244,8 +245,8 @@ def test_fit_cli_with_alignment(task, label_grad, tmp_path, capsys):
 
 
 def test_outer_and_inner_eps_are_separate_settings():
-    from xmodal.align import build_objective
-    from xmodal.otdd import otdd
+    from xmodal.ot.objectives import build_objective
+    from xmodal.ot.otdd import otdd
     g = torch.Generator().manual_seed(0)
     xs, ys = torch.randn(30, 5, generator=g, dtype=torch.float64), torch.arange(30) % 3
     xt = torch.randn(12, 5, generator=g, dtype=torch.float64)
@@ -256,8 +257,8 @@ def test_outer_and_inner_eps_are_separate_settings():
 
 
 def test_align_max_iter_reaches_the_solver_and_is_reported_once():
-    from xmodal.align import build_objective
-    from xmodal.otdd import sinkhorn_notes
+    from xmodal.ot.objectives import build_objective
+    from xmodal.ot.sinkhorn import sinkhorn_notes
     g = torch.Generator().manual_seed(0)
     xs, ys = torch.randn(30, 5, generator=g, dtype=torch.float64), torch.arange(30) % 3
     xt = torch.randn(12, 5, generator=g, dtype=torch.float64)
@@ -281,21 +282,21 @@ def test_align_max_iter_reaches_the_solver_and_is_reported_once():
 ])
 def test_stage_two_lr_rule(train_lr, rule, expected):
     cfg = load_config(overrides={"train.lr": train_lr, "align.lr_rule": rule})
-    assert align.resolved_lr(cfg) == pytest.approx(expected)
+    assert align_lr(cfg) == pytest.approx(expected)
     explicit = load_config(overrides={"train.lr": train_lr, "align.lr": 5e-4})
-    assert align.resolved_lr(explicit) == 5e-4
+    assert align_lr(explicit) == 5e-4
 
 
 def test_stage_two_optimizer_follows_the_task():
     params = [torch.nn.Parameter(torch.zeros(2))]
-    default = align.make_optimizer(params, load_config())
+    default = align.make_optimizer(params, resolve_align(load_config()))
     assert type(default) is torch.optim.AdamW
     assert default.defaults["betas"] == (0.9, 0.98)                     # ORCA's, not torch's
-    sgd = align.make_optimizer(params, load_config(overrides={"train.optimizer": "sgd",
-                                                              "train.momentum": 0.8}))
+    sgd = align.make_optimizer(params, resolve_align(load_config(overrides={"train.optimizer": "sgd",
+                                                              "train.momentum": 0.8})))
     assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.8
-    adam = align.make_optimizer(params, load_config(overrides={"align.optimizer": "adam",
-                                                               "align.betas": [0.8, 0.9]}))
+    adam = align.make_optimizer(params, resolve_align(load_config(overrides={"align.optimizer": "adam",
+                                                               "align.betas": [0.8, 0.9]})))
     assert type(adam) is torch.optim.Adam and adam.defaults["betas"] == (0.8, 0.9)
     with pytest.raises(UserError, match="align.betas"):
         load_config(overrides={"align.betas": [0.9]})
@@ -304,19 +305,19 @@ def test_stage_two_optimizer_follows_the_task():
 def test_stage_two_lr_decays_after_the_milestones(data, tmp_path):
     """lr of the step of embedder epoch k: 10 x 1e-4, x 0.2 after epochs 2 and 4."""
     cfg, model = make(**{"align.epochs": 5, "align.lr_milestones": [2, 4], "train.lr": 1e-4})
-    out = run_alignment(model, data, cfg, CPU, tmp_path, progress=False, log=lambda m: None)
+    out = run_alignment(model, data, resolve_align(cfg), CPU, tmp_path, progress=False, log=lambda m: None)
     lrs = [r["lr"] for r in out["trace"]]
     assert lrs[:-1] == pytest.approx([1e-3, 1e-3, 2e-4, 2e-4, 4e-5]) and lrs[-1] is None
     assert out["optimizer"] == "adamw" and out["lr_milestones"] == [2, 4]
     # ORCA's default milestones (20, 40, 60) leave a short alignment at a constant lr
     cfg, model = make()
-    out = run_alignment(model, data, cfg, CPU, tmp_path / "default", progress=False,
+    out = run_alignment(model, data, resolve_align(cfg), CPU, tmp_path / "default", progress=False,
                         log=lambda m: None)
     assert [r["lr"] for r in out["trace"]][:-1] == pytest.approx([1e-3] * 3)
 
 
 def test_label_grad_false_detaches_the_label_term(data, tmp_path):
-    from xmodal.align import build_objective
+    from xmodal.ot.objectives import build_objective
     g = torch.Generator().manual_seed(0)
     xs, ys = torch.randn(40, 4, generator=g, dtype=torch.float64), torch.arange(40) % 4
     xt = torch.randn(16, 4, generator=g, dtype=torch.float64)
@@ -332,9 +333,9 @@ def test_label_grad_false_detaches_the_label_term(data, tmp_path):
     traces = {}
     for flag in (True, False):
         cfg, model = make(**{"align.epochs": 1, "align.label_grad": flag})
-        out = run_alignment(model, data, cfg, CPU, tmp_path / str(flag), progress=False,
+        out = run_alignment(model, data, resolve_align(cfg), CPU, tmp_path / str(flag), progress=False,
                             log=lambda m: None)
-        traces[flag] = [r["otdd"] for r in out["trace"]]
+        traces[flag] = [r["value"] for r in out["trace"]]
         assert out["label_grad"] is flag
     assert traces[True][0] == pytest.approx(traces[False][0])
     assert traces[True][1] != pytest.approx(traces[False][1], rel=1e-6)
@@ -348,8 +349,8 @@ def test_objective_is_the_class_frequency_weighted_sum(data, tmp_path, one_threa
     have unequal class counts, so equal weights (or weights that skip the one-sample classes in
     N) give another value and another step. Plain SGD, so the step is -lr * gradient."""
     from safetensors.torch import load_file
-    from xmodal.otdd import otdd
-    from xmodal.proxies import proxy_features
+    from xmodal.ot.otdd import otdd
+    from xmodal.data.proxies import ProxySource, proxy_features
     extra = {"align.epochs": 1, "align.maxsamples": 1000, "align.optimizer": "sgd",
              "train.momentum": 0.0, "train.weight_decay": 0.0, "align.lr": 0.5}
     cfg, model = make(**extra)
@@ -357,9 +358,9 @@ def test_objective_is_the_class_frequency_weighted_sum(data, tmp_path, one_threa
     labels = np.asarray(data.y_train)
     counts = np.bincount(labels)
     assert len(set(counts[counts >= 2])) > 2 and (counts == 1).any()   # unequal, and a singleton
-    out = run_alignment(model, data, cfg, CPU, tmp_path, progress=False, log=lambda m: None)
+    out = run_alignment(model, data, resolve_align(cfg), CPU, tmp_path, progress=False, log=lambda m: None)
 
-    xs, ys, _ = proxy_features("fake-text", reference.body, cfg, CPU)
+    xs, ys, _ = proxy_features("fake-text", reference.body, ProxySource.of(cfg.align), CPU)
     a = cfg.align
     expected = 0.0
     for c in np.flatnonzero(counts >= 2):
@@ -368,7 +369,7 @@ def test_objective_is_the_class_frequency_weighted_sum(data, tmp_path, one_threa
                                               inner_eps=a.inner_eps, max_iter=a.max_iter)
         term.backward()
         expected += float(term.detach())
-    assert out["trace"][0]["otdd"] == pytest.approx(expected, rel=1e-5)
+    assert out["trace"][0]["value"] == pytest.approx(expected, rel=1e-5)
     assert out["target"] == {"labels": "classes", "n": len(labels)}
     stepped = load_file(str(tmp_path / "align" / "embedder_epoch_1.safetensors"))
     moved = 0.0
@@ -397,8 +398,8 @@ def test_objective_on_dense_multilabel_and_gaussian(case, tmp_path, one_thread):
     The epoch-0 value is the weighted sum of per-group OTDDs computed here, and the first
     step lowers it."""
     from sklearn.cluster import KMeans
-    from xmodal.otdd import otdd
-    from xmodal.proxies import proxy_features
+    from xmodal.ot.otdd import otdd
+    from xmodal.data.proxies import ProxySource, proxy_features
     task = {"darcy": {"task.name": "darcy", "task.options": {"resolution": 8, "n_train": 20,
                                                             "n_test": 2}},
             "multilabel": {"task.name": _multilabel_npz(tmp_path / "ml.npz")},
@@ -406,9 +407,9 @@ def test_objective_on_dense_multilabel_and_gaussian(case, tmp_path, one_thread):
     cfg = load_config(overrides={**BASE, "align.epochs": 1, "align.maxsamples": 1000,
                                  "align.pseudo_labels": 3, "run.seed": 2, **task})
     data = load_task(cfg.task)
-    model = build_model(data.spec, cfg)[0]
+    model = build_model(data.spec, cfg.body, cfg.embedder, cfg.run.seed)[0]
     reference = copy.deepcopy(model)
-    out = run_alignment(model, data, cfg, CPU, tmp_path, progress=False, log=lambda m: None)
+    out = run_alignment(model, data, resolve_align(cfg), CPU, tmp_path, progress=False, log=lambda m: None)
 
     y = np.asarray(data.y_train)
     if case == "otdd-gaussian":
@@ -418,7 +419,7 @@ def test_objective_on_dense_multilabel_and_gaussian(case, tmp_path, one_thread):
             y.reshape(len(y), -1).astype(np.float64))
         assert out["target"]["labels"] == "k-means pseudo-labels (k=3)"
     counts = np.bincount(labels)
-    xs, ys, _ = proxy_features("fake-text", reference.body, cfg, CPU)
+    xs, ys, _ = proxy_features("fake-text", reference.body, ProxySource.of(cfg.align), CPU)
     inner = "gaussian" if case == "otdd-gaussian" else "sinkhorn"
     expected = 0.0
     with torch.no_grad():
@@ -427,7 +428,7 @@ def test_objective_on_dense_multilabel_and_gaussian(case, tmp_path, one_thread):
             expected += counts[c] / len(y) * float(otdd(xs, ys, reference.embed(xc), inner=inner,
                                                         eps=cfg.align.eps,
                                                         inner_eps=cfg.align.inner_eps))
-    trace = [r["otdd"] for r in out["trace"]]
+    trace = [r["value"] for r in out["trace"]]
     assert trace[0] == pytest.approx(expected, rel=1e-5)
     assert trace[1] < trace[0]
 
@@ -437,7 +438,7 @@ def test_gaussian_mmd_is_the_biased_estimate_with_the_median_heuristic():
     points, value = mean k(xs, xs) + mean k(xt, xt) - 2 mean k(xs, xt) (source term chunked);
     0 on the source itself; h = 1 when the source has no spread or one point."""
     from scipy.spatial.distance import cdist, pdist
-    from xmodal.align import GaussianMMD
+    from xmodal.ot.objectives import GaussianMMD
     rng = np.random.default_rng(0)
     xs = rng.normal(0, 0.3, (39, 5))       # 741 pairs: the median is one of them, h < 1
     xt = rng.normal(0.2, 0.5, (25, 5))
@@ -476,6 +477,6 @@ def test_l2_objective_is_the_squared_distance_between_mean_features():
 
 def test_no_progress_bar_when_stderr_is_not_a_terminal(data, tmp_path, capsys):
     cfg, model = make(**{"align.objective": "l2", "align.epochs": 1})
-    run_alignment(model, data, cfg, CPU, tmp_path, progress=True, log=lambda m: None)
+    run_alignment(model, data, resolve_align(cfg), CPU, tmp_path, progress=True, log=lambda m: None)
     err = capsys.readouterr().err
     assert "align" not in err and "it/s" not in err

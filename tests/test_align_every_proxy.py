@@ -67,5 +67,5 @@ def test_fit_aligns_with_every_proxy(proxy, body, task, tmp_path, capsys, monkey
                           "summary.json").read_text())
     trace = summary["align"]["trace"]
     assert [r["epoch"] for r in trace] == [0, 1, 2]
-    assert all(np.isfinite(r["otdd"]) and r["otdd"] >= 0 for r in trace)
+    assert all(np.isfinite(r["value"]) and r["value"] >= 0 for r in trace)
     assert np.isfinite(summary["test_metric_best"])

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from xmodal.bodies import load_body
+from xmodal.model.bodies import load_body
 from xmodal.config import BodyConfig
 from xmodal.errors import UserError
 

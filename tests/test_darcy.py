@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from xmodal import darcy
+from xmodal.data import darcy
 from xmodal.config import TaskConfig
 from xmodal.errors import UserError
-from xmodal.tasks import REGISTRY, load_task
+from xmodal.data.registry import REGISTRY, load_task
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xmodal.cli import main
-from xmodal.otdd import otdd
+from xmodal.ot.otdd import otdd
 
 
 def run(capsys, *argv):

@@ -8,13 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xmodal.bodies import BodyInfo, load_body
+from xmodal.model.bodies import BodyInfo, load_body
 from xmodal.config import BodyConfig, load_config
-from xmodal.embedders import Embedder, plan_1d, plan_2d
+from xmodal.model.embedders import Embedder, plan_1d, plan_2d
 from xmodal.errors import UserError
-from xmodal.model import build_model
-from xmodal.predictors import DensePredictor, PointPredictor
-from xmodal.tasks import TaskSpec
+from xmodal.model.crossmodal import build_model
+from xmodal.model.predictors import DensePredictor, PointPredictor
+from xmodal.data.types import TaskSpec
 
 
 # ---------------------------------------------------------------- plans
@@ -155,7 +155,7 @@ def test_whole_model_output_shapes(body, shape, kind, out):
     spec = TaskSpec("t", "t", "1d" if len(shape) == 2 else "2d", kind, shape, out[0],
                     output_shape=out if kind == "dense" else ())
     cfg = load_config(overrides={"body.name": body, "embedder.seq_len": 16})
-    model, _ = build_model(spec, cfg)
+    model, _ = build_model(spec, cfg.body, cfg.embedder, cfg.run.seed)
     with torch.no_grad():
         y = model(torch.randn(2, *shape))
     assert y.shape == (2, *out)
@@ -187,8 +187,8 @@ def test_build_model_switch_copies_positions_only_when_on():
     on_cfg = load_config(overrides={"body.name": "bert-tiny-random", "embedder.seq_len": 8})
     off_cfg = load_config(overrides={"body.name": "bert-tiny-random", "embedder.seq_len": 8,
                                      "embedder.init_from_body": False})
-    on, notes_on = build_model(spec_1d(), on_cfg)
-    off, notes_off = build_model(spec_1d(), off_cfg)
+    on, notes_on = build_model(spec_1d(), on_cfg.body, on_cfg.embedder, on_cfg.run.seed)
+    off, notes_off = build_model(spec_1d(), off_cfg.body, off_cfg.embedder, off_cfg.run.seed)
     assert notes_on == ["position embeddings", "embedding LayerNorm"] and notes_off == []
     n = on.embedder.n_tokens
     assert n == 8

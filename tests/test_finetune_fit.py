@@ -9,9 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 from xmodal.config import load_config
-from xmodal.fit import fit
-from xmodal.model import LORA_TARGETS, build_model
-from xmodal.tasks import load_task
+from xmodal.runs.fit import fit
+from xmodal.model.finetune import LORA_TARGETS
+from xmodal.model.crossmodal import build_model
+from xmodal.data.registry import load_task
 
 TINY = {"task.name": "digits", "task.max_train": 16, "task.max_test": 16, "body.name": "minilm",
         "body.num_layers": 1, "embedder.seq_len": 4, "train.epochs": 1, "train.batch_size": 8,
@@ -50,7 +51,7 @@ def stored_key(key: str, names) -> str:
 @pytest.mark.parametrize("mode", sorted(FROZEN))
 def test_fit_trains_only_what_the_mode_allows(mode, tmp_path):
     cfg = load_config(overrides={**TINY, "train.finetune": mode, "run.out": str(tmp_path)})
-    initial = build_model(load_task(cfg.task).spec, cfg)[0]     # the same seed as fit's
+    initial = build_model(load_task(cfg.task).spec, cfg.body, cfg.embedder, cfg.run.seed)[0]     # the same seed as fit's
     result = fit(cfg, progress=False, log=lambda m: None)
     assert result.status == "done"
 

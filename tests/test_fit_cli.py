@@ -18,11 +18,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import xmodal
-from xmodal import artifacts, cli
+from xmodal.io import artifacts
+from xmodal import cli
 from xmodal.config import config_hash, from_dict, load_config
-from xmodal.model import build_model
-from xmodal.tasks import load_task
-from xmodal.training import evaluate
+from xmodal.model.crossmodal import build_model
+from xmodal.data.registry import load_task
+from xmodal.stages.evaluate import evaluate
 
 # MiniLM cut to one layer, 4 tokens, 32 training samples, 2 epochs; one thread each, as the
 # two runs go side by side (run.threads does not enter the run id).
@@ -169,14 +170,14 @@ def test_best_checkpoint_reproduces_the_best_test_metric(runs):
         meta = fh.metadata()
     assert meta["epoch"] == str(summary["best_epoch"]) and meta["config_hash"] == config_hash(cfg)
     data = load_task(cfg.task)
-    model, _ = build_model(data.spec, cfg)
+    model, _ = build_model(data.spec, cfg.body, cfg.embedder, cfg.run.seed)
     state = load_file(run_dir / "best.safetensors")
     assert set(state) == set(model.state_dict())
-    fresh, _ = evaluate(model, data.x_test, data.y_test, data, cfg, torch.device("cpu"))
+    fresh, _ = evaluate(model, data.x_test, data.y_test, data, torch.device("cpu"), cfg.train.eval_batch_size, cfg.run.precision)
     model.load_state_dict(state)
-    value, _ = evaluate(model, data.x_test, data.y_test, data, cfg, torch.device("cpu"))
+    value, _ = evaluate(model, data.x_test, data.y_test, data, torch.device("cpu"), cfg.train.eval_batch_size, cfg.run.precision)
     assert value == summary["test_metric_best"]
-    val, _ = evaluate(model, data.x_val, data.y_val, data, cfg, torch.device("cpu"))
+    val, _ = evaluate(model, data.x_val, data.y_val, data, torch.device("cpu"), cfg.train.eval_batch_size, cfg.run.precision)
     assert val == summary["best_val_metric"]
 
 
@@ -201,11 +202,11 @@ def test_cli_says_how_to_retrain_a_finished_run(runs, capsys):
     assert json.loads(out.strip().splitlines()[-1])["run_dir"] == str(runs["result"].run_dir)
 
 
-def test_package_fit_stays_the_function_after_the_submodule_is_imported():
+def test_package_fit_is_the_function_of_the_run_recipe():
     import importlib
-    importlib.import_module("xmodal.fit")      # binds the submodule on the package
-    assert xmodal.fit is sys.modules["xmodal.fit"].fit and callable(xmodal.fit)
-    assert xmodal.FitResult is sys.modules["xmodal.fit"].FitResult
+    importlib.import_module("xmodal.runs.fit")
+    assert xmodal.fit is sys.modules["xmodal.runs.fit"].fit and callable(xmodal.fit)
+    assert xmodal.FitResult is sys.modules["xmodal.runs.fit"].FitResult
     code = "import sys, xmodal.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr   # the CLI starts without importing torch

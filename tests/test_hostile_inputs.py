@@ -287,7 +287,7 @@ def test_crafted_cifar10_proxy_runs_no_code(box, capsys):
 def test_published_shapes_still_load(tmp_path):
     """The restricted unpickler reads what the real files hold (protocol 2 with bytes keys,
     object .npy of a dict, numpy scalars, strings)."""
-    from xmodal.safe_pickle import load_npy, load_pickle
+    from xmodal.io.safe_pickle import load_npy, load_pickle
     d = {"data": [np.arange(3.0), np.arange(2, dtype=np.int16)], "label": ["N", np.int64(2)]}
     for proto in (2, 4, 5):
         with open(tmp_path / f"p{proto}.pkl", "wb") as fh:

@@ -10,10 +10,10 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from torch import nn
 
 from xmodal.config import load_config
-from xmodal.metrics import (compute_metric, make_loss, one_minus_macro_f1, one_minus_mean_auroc,
+from xmodal.stages.metrics import (compute_metric, make_loss, one_minus_macro_f1, one_minus_mean_auroc,
                             relative_l2, relative_l2_loss, zero_one_error)
-from xmodal.tasks import TaskData, TaskSpec
-from xmodal.training import evaluate
+from xmodal.data.types import TaskData, TaskSpec
+from xmodal.stages.evaluate import evaluate
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def test_evaluate_in_small_batches_equals_the_whole_set_metric(rng, metric):
     data = TaskData(spec, x, y, x, y, x, y)
     model = Fixed(5, 3)
     cfg = load_config(overrides={"train.eval_batch_size": 4})
-    value, _ = evaluate(model, x, y, data, cfg, torch.device("cpu"))
+    value, _ = evaluate(model, x, y, data, torch.device("cpu"), cfg.train.eval_batch_size, cfg.run.precision)
     with torch.no_grad():
         out = model(torch.from_numpy(x)).numpy()
     expected, _ = compute_metric(metric, out, y)
@@ -165,7 +165,7 @@ def test_dense_metric_is_computed_in_original_units(rng):
     data = TaskData(spec, x, y, x, y, x, y, y_mean=y_mean, y_std=y_std)
     model = nn.Sequential(Fixed(5, 5, seed=3), nn.Unflatten(1, (1, 5)))
     cfg = load_config(overrides={"train.eval_batch_size": 5, "run.precision": "fp32"})
-    value, _ = evaluate(model, x, y, data, cfg, torch.device("cpu"))
+    value, _ = evaluate(model, x, y, data, torch.device("cpu"), cfg.train.eval_batch_size, cfg.run.precision)
     with torch.no_grad():
         out = model(torch.from_numpy(x)).numpy()
     decoded = relative_l2(out * y_std + y_mean, y * y_std + y_mean)

@@ -9,11 +9,11 @@ import pytest
 import scipy.io
 import torch
 
-from xmodal import nb360
+from xmodal.data import nb360
 from xmodal.config import load_config
 from xmodal.config import TaskConfig
 from xmodal.errors import UserError
-from xmodal.tasks import REGISTRY, load_task
+from xmodal.data.registry import REGISTRY, load_task
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ["cifar100", "ninapro", "darcy", "satellite", "deepsea", "ecg"]
@@ -363,8 +363,8 @@ def test_preset_loads(name):
     assert cfg.align.epochs > 0 and cfg.train.warmup_epochs > 0
     # stage 2 as ORCA: task's optimiser type (Adam for NinaPro / DeepSEA), betas (0.9, 0.98),
     # 10x lr only up to 1e-3, x0.2 after embedder epochs 20, 40, 60, detached label term
-    from xmodal.align import optimizer_kind
-    assert optimizer_kind(cfg) == ("adam" if name in ("ninapro", "deepsea") else cfg.train.optimizer)
+    from xmodal.config.derived import align_optimizer
+    assert align_optimizer(cfg) == ("adam" if name in ("ninapro", "deepsea") else cfg.train.optimizer)
     assert cfg.align.betas == [0.9, 0.98] and cfg.align.lr_rule == "orca"
     assert cfg.align.lr_milestones == [20, 40, 60] and cfg.align.lr_gamma == 0.2
     assert cfg.align.label_grad is False

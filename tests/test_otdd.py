@@ -1,4 +1,4 @@
-"""Tests of xmodal.otdd against independent computations (POT, scipy, sklearn, finite
+"""Tests of xmodal.ot.otdd against independent computations (POT, scipy, sklearn, finite
 differences) and of the cached OTDD against the uncached reference."""
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ import scipy.special
 import torch
 from sklearn.covariance import ledoit_wolf_shrinkage as sk_lw
 
-from xmodal import otdd as O
+from xmodal.ot import gaussian as G
+from xmodal.ot import otdd as O
+from xmodal.ot import sinkhorn as S
 from xmodal.errors import UserError
-from xmodal.otdd import OTDD, SolverOptions, distance_from_npz, label_distances, otdd, \
-    otdd_direct
+from xmodal.runs.distance import distance_from_npz
+from xmodal.ot.otdd import OTDD, label_distances, otdd, otdd_direct
+from xmodal.ot.sinkhorn import SolverOptions
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")  # Sinkhorn must converge
 
@@ -57,39 +60,39 @@ def sinkhorn_div_pot(x, z, eps):
 def test_sinkhorn_cost_matches_pot_entropic_objective():
     x, _ = clusters(12, 2, 3, 0)
     z, _ = clusters(9, 3, 3, 1, shift=0.5)
-    C = O.sq_dists(x, z)[None]
+    C = S.sq_dists(x, z)[None]
     la = torch.full((1, len(x)), -math.log(len(x)), dtype=F64)
     lb = torch.full((1, len(z)), -math.log(len(z)), dtype=F64)
     for eps in (0.1, 1.0):
-        v = O.sinkhorn_cost(C, la, lb, eps, SolverOptions(**TIGHT))
+        v = S.sinkhorn_cost(C, la, lb, eps, SolverOptions(**TIGHT))
         assert float(v) == pytest.approx(entropic_ot_pot(x, z, eps), rel=1e-8)
 
 
 def test_self_cost_equals_general_solver_and_pot():
     x, _ = clusters(6, 3, 4, 2)
-    C = O.sq_dists(x, x)[None]
+    C = S.sq_dists(x, x)[None]
     la = torch.full((1, len(x)), -math.log(len(x)), dtype=F64)
     opts = SolverOptions(**TIGHT)
-    v_sym = float(O.sinkhorn_self_cost(C, la, 1.0, opts))
-    assert v_sym == pytest.approx(float(O.sinkhorn_cost(C, la, la, 1.0, opts)), rel=1e-9)
+    v_sym = float(S.sinkhorn_self_cost(C, la, 1.0, opts))
+    assert v_sym == pytest.approx(float(S.sinkhorn_cost(C, la, la, 1.0, opts)), rel=1e-9)
     assert v_sym == pytest.approx(entropic_ot_pot(x, x, 1.0), rel=1e-8)
     # eps = 0.1 (alternating Sinkhorn is slow here): plain numpy fixed point of the symmetric
     # equation f = -eps log sum_j a_j exp((f_j - C_ij) / eps), value 2 <a, f>
     Cn, a, f = C[0].numpy(), np.full(len(x), 1 / len(x)), np.zeros(len(x))
     for _ in range(500):
         f = 0.5 * (f - 0.1 * scipy.special.logsumexp(np.log(a) + (f - Cn) / 0.1, axis=1))
-    v01 = float(O.sinkhorn_self_cost(C, la, 0.1, opts))
+    v01 = float(S.sinkhorn_self_cost(C, la, 0.1, opts))
     assert v01 == pytest.approx(2 * (a * f).sum(), rel=1e-10)
 
 
 def test_sinkhorn_handles_float32_large_costs():
     x, _ = clusters(100, 4, 32, 3, spread=6.0, dtype=torch.float32)
     z, _ = clusters(60, 2, 32, 4, spread=6.0, dtype=torch.float32)
-    C = O.sq_dists(x, z)[None]  # costs in the thousands, eps = 0.1
+    C = S.sq_dists(x, z)[None]  # costs in the thousands, eps = 0.1
     la = torch.full((1, len(x)), -math.log(len(x)))
     lb = torch.full((1, len(z)), -math.log(len(z)))
-    v32 = O.sinkhorn_cost(C, la, lb, 0.1)
-    v64 = O.sinkhorn_cost(C.double(), la.double(), lb.double(), 0.1, SolverOptions(tol=1e-6))
+    v32 = S.sinkhorn_cost(C, la, lb, 0.1)
+    v64 = S.sinkhorn_cost(C.double(), la.double(), lb.double(), 0.1, SolverOptions(tol=1e-6))
     assert torch.isfinite(v32).all()
     assert float(v32) == pytest.approx(float(v64), rel=1e-5)
 
@@ -99,15 +102,15 @@ def test_scaling_recovers_from_kernel_underflow():
     back to a log-domain step and still converge to the same value."""
     x, _ = clusters(8, 2, 3, 30, spread=1.0, shift=100.0)
     z, _ = clusters(6, 2, 3, 31, spread=1.0)
-    C = O.sq_dists(x, z)[None]  # about 3e4 +- 1e3
+    C = S.sq_dists(x, z)[None]  # about 3e4 +- 1e3
     la = torch.full((1, len(x)), -math.log(len(x)), dtype=F64)
     lb = torch.full((1, len(z)), -math.log(len(z)), dtype=F64)
-    st = O._Scaling(C, torch.zeros_like(la), torch.zeros_like(lb), la, lb, 20.0)
+    st = S._Scaling(C, torch.zeros_like(la), torch.zeros_like(lb), la, lb, 20.0)
     assert (st.K == 0).all()
     opts = SolverOptions(**TIGHT)
-    f, g = O._converge(st, opts)
-    v = O._dual_value(C, f, g, la, lb, 20.0)
-    assert float(v) == pytest.approx(float(O.sinkhorn_cost(C, la, lb, 20.0, opts)), rel=1e-12)
+    f, g = S._converge(st, opts)
+    v = S._dual_value(C, f, g, la, lb, 20.0)
+    assert float(v) == pytest.approx(float(S.sinkhorn_cost(C, la, lb, 20.0, opts)), rel=1e-12)
 
 
 # ----------------------------------------------------------------------------- label distances
@@ -164,7 +167,7 @@ def test_gaussian_label_distances_closed_form():
 
 def test_batched_row_sums_match_einsum_on_both_paths():
     """K @ v over a batch: a loop of mat-vecs up to 64 problems on CPU, one bmm beyond."""
-    from xmodal.otdd import _row_sums
+    from xmodal.ot.sinkhorn import _row_sums
     g = torch.Generator().manual_seed(0)
     for batch in (3, 70):
         K, v = torch.rand(batch, 5, 4, generator=g, dtype=F64), torch.rand(batch, 4, generator=g,
@@ -177,7 +180,7 @@ def test_shrinkage_intensity_matches_sklearn():
     for n, d in ((30, 5), (20, 64)):
         x = torch.randn(n, d, generator=g, dtype=F64) * torch.linspace(0.5, 2, d, dtype=F64)
         xc = x - x.mean(0)
-        assert float(O.ledoit_wolf_shrinkage(xc)) == pytest.approx(
+        assert float(G.ledoit_wolf_shrinkage(xc)) == pytest.approx(
             sk_lw(xc.numpy(), assume_centered=True), rel=1e-9)
 
 
@@ -185,14 +188,14 @@ def test_sqrtm_psd_and_its_gradient():
     g = torch.Generator().manual_seed(1)
     A = torch.randn(6, 6, generator=g, dtype=F64)
     M = A @ A.T + 0.5 * torch.eye(6, dtype=F64)
-    R = O.sqrtm_psd(M)
+    R = G.sqrtm_psd(M)
     assert torch.allclose(R @ R, M, atol=1e-10)
-    assert torch.autograd.gradcheck(lambda m: O.sqrtm_psd(0.5 * (m + m.T)),
+    assert torch.autograd.gradcheck(lambda m: G.sqrtm_psd(0.5 * (m + m.T)),
                                     (M.clone().requires_grad_(),))
     # rank-deficient with repeated zero eigenvalues: finite gradient
     B = torch.randn(6, 2, generator=g, dtype=F64)
     S = (B @ B.T).requires_grad_()
-    torch.diagonal(O.sqrtm_psd(S)).sum().backward()
+    torch.diagonal(G.sqrtm_psd(S)).sum().backward()
     assert torch.isfinite(S.grad).all()
 
 

@@ -75,7 +75,7 @@ def test_predict_reproduces_the_stored_test_metric_on_a_bundled_task(italypower,
 
 
 def test_the_run_stores_the_normalisation_it_fitted_on_train(italypower):
-    from xmodal.tasks import load_task
+    from xmodal.data.registry import load_task
     result, x, _ = italypower
     run = xmodal.load_run(result.run_dir)
     data = load_task(xmodal.load_config(overrides={**TINY, "task.name": "italypower"}).task)
@@ -133,8 +133,9 @@ def test_a_folder_that_is_not_a_run_is_an_error(tmp_path, capsys):
 def test_darcy_normalisation_is_one_stored_transform_of_the_raw_channels():
     """The dense loader's input encoding (pointwise-normalised coefficient + two coordinate
     channels) equals the stored (x_mean, x_std) applied to [raw coefficient, coordinates]."""
-    from xmodal.darcy import dense_task_data, grid_channels
-    from xmodal.tasks import REGISTRY, normalise_x
+    from xmodal.data.darcy import dense_task_data, grid_channels
+    from xmodal.data.registry import REGISTRY
+    from xmodal.data.splits import normalise_x
     rng = np.random.default_rng(0)
     pair = lambda n: (rng.uniform(3, 12, (n, 8, 8)), rng.normal(size=(n, 8, 8)))  # noqa: E731
     test = pair(5)
@@ -144,7 +145,7 @@ def test_darcy_normalisation_is_one_stored_transform_of_the_raw_channels():
 
 
 def test_a_dense_run_predicts_values_in_the_targets_units(tmp_path):
-    from xmodal.darcy import STREAM_TEST, grid_channels, load_or_generate
+    from xmodal.data.darcy import STREAM_TEST, grid_channels, load_or_generate
     opts = {"task.name": "darcy", "task.options": {"resolution": 8, "n_train": 20, "n_test": 6},
             "task.max_train": None}
     result = fit_tiny(tmp_path / "runs", **opts)
@@ -162,7 +163,7 @@ def test_a_dense_run_predicts_values_in_the_targets_units(tmp_path):
 
 
 def test_a_lora_run_loads_its_adapters_and_reproduces_its_metric(tmp_path):
-    from xmodal.tasks import load_task
+    from xmodal.data.registry import load_task
     result = fit_tiny(tmp_path / "runs", **{"task.name": "digits", "train.finetune": "lora",
                                             "task.max_test": 64})
     run = xmodal.load_run(result.run_dir)

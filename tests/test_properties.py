@@ -13,8 +13,9 @@ from hypothesis import HealthCheck, assume, given, reject, settings
 from hypothesis import strategies as st
 
 from xmodal.config import config_hash, flatten, load_config, parse_override, to_yaml
-from xmodal.otdd import SinkhornNotConverged, otdd
-from xmodal.tasks import load_npz_task
+from xmodal.ot.sinkhorn import SinkhornNotConverged
+from xmodal.ot.otdd import otdd
+from xmodal.data.npz import load_npz_task
 
 FEW = settings(max_examples=25, deadline=None, derandomize=True,
                suppress_health_check=[HealthCheck.too_slow])

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from xmodal import proxies
-from xmodal.bodies import load_body
+from xmodal.data import proxies
+from xmodal.model.bodies import load_body
 from xmodal.config import BodyConfig, load_config
 from xmodal.errors import UserError
-from xmodal.proxies import proxy_features, sample_indices
+from xmodal.data.proxies import ProxySource, proxy_features, sample_indices
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,8 @@ def cache(tmp_path_factory):
 
 
 def cfg_for(cache, n=200, **extra):
-    return load_config(overrides={"align.n_source": n, "align.cache_dir": str(cache), **extra})
+    cfg = load_config(overrides={"align.n_source": n, "align.cache_dir": str(cache), **extra})
+    return ProxySource.of(cfg.align)
 
 
 def test_text_proxy_shapes_labels_and_cache(text_body, cache, monkeypatch):

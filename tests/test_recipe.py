@@ -11,11 +11,12 @@ import torch
 
 import xmodal
 from xmodal import cli
-from xmodal.baselines import check_method, default_methods, predict_baseline
+from xmodal.runs.baselines import check_method, default_methods, predict_baseline
 from xmodal.config import TaskConfig, TrainConfig, config_hash, load_config
 from xmodal.errors import UserError
-from xmodal.tasks import load_task
-from xmodal.training import autocast, cpu_has_bf16, resolve_budget, resolve_precision
+from xmodal.data.registry import load_task
+from xmodal.stages.device import autocast, cpu_has_bf16, resolve_precision
+from xmodal.stages.optim import resolve_budget
 
 TINY = {"body.num_layers": 1, "embedder.seq_len": 4, "run.device": "cpu", "run.threads": 1,
         "run.precision": "fp32"}

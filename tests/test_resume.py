@@ -6,7 +6,7 @@ import json
 import pytest
 
 import xmodal
-from xmodal import training
+from xmodal.stages import training
 
 CONFIG = {"task": {"name": "italypower", "max_train": 48, "max_test": 64},
           "body": {"name": "bert-tiny-random"}, "embedder": {"seq_len": 4},

@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 import torch
 
+from xmodal.runs.fit import trainer_for
+
 import xmodal
-from xmodal import training
-from xmodal.bodies import load_body
+from xmodal.stages import training
+from xmodal.model.bodies import load_body
 from xmodal.config import BodyConfig, load_config
-from xmodal.model import build_model
-from xmodal.tasks import TaskSpec, load_task
+from xmodal.model.crossmodal import build_model
+from xmodal.data.types import TaskSpec
+from xmodal.data.registry import load_task
 
 TINY = {"task": {"name": "italypower", "max_train": 24, "max_test": 24},
         "body": {"name": "bert-tiny-random", "num_layers": 1}, "embedder": {"seq_len": 4},
@@ -31,8 +34,8 @@ def test_training_sees_the_loader_order_of_one_iterator(monkeypatch):
                                  "body.name": "bert-tiny-random", "body.num_layers": 1,
                                  "embedder.seq_len": 4, "train.batch_size": 8})
     data = load_task(cfg.task)
-    model, _ = build_model(data.spec, cfg)
-    trainer = training.Trainer(model, data, cfg, torch.device("cpu"), progress=False)
+    model, _ = build_model(data.spec, cfg.body, cfg.embedder, cfg.run.seed)
+    trainer = trainer_for(cfg, model, data, torch.device("cpu"), progress=False)
     trainer._train_epoch(1)
     expected = [yb for _, yb in trainer._loader(1)]
     assert len(seen) == len(expected)
@@ -80,7 +83,7 @@ def test_every_listed_text_family_builds_runs_and_gives_body_width_features(tmp_
     folder = _save_tiny(tmp_path, model_type, **kw)
     cfg = load_config(overrides={"body.name": folder, "embedder.seq_len": 8})
     spec = TaskSpec("t", "", "1d", "classification", (1, 30), 2)
-    model, notes = build_model(spec, cfg)
+    model, notes = build_model(spec, cfg.body, cfg.embedder, cfg.run.seed)
     assert model(torch.randn(2, 1, 30)).shape == (2, 2)
     body = load_body(BodyConfig(name=folder))
     feats = body.original_features(torch.randint(0, 100, (2, 5)))
@@ -90,14 +93,14 @@ def test_every_listed_text_family_builds_runs_and_gives_body_width_features(tmp_
 
 
 def test_distilbert_attention_is_frozen_by_non_attn_and_adapted_by_lora(tmp_path):
-    from xmodal.model import apply_finetune_mode
+    from xmodal.model.finetune import apply_finetune_mode
     folder = _save_tiny(tmp_path, "distilbert", dim=32, n_layers=1, n_heads=2, hidden_dim=64,
                         vocab_size=100, max_position_embeddings=64)
     cfg = load_config(overrides={"body.name": folder, "embedder.seq_len": 8})
     spec = TaskSpec("t", "", "1d", "classification", (1, 30), 2)
-    model = apply_finetune_mode(build_model(spec, cfg)[0], "non-attn")
+    model = apply_finetune_mode(build_model(spec, cfg.body, cfg.embedder, cfg.run.seed)[0], "non-attn")
     frozen = [n for n, p in model.body.named_parameters() if not p.requires_grad]
     assert frozen and all(any(k in n for k in ("q_lin", "k_lin", "v_lin")) for n in frozen)
-    model = apply_finetune_mode(build_model(spec, cfg)[0], "lora")
+    model = apply_finetune_mode(build_model(spec, cfg.body, cfg.embedder, cfg.run.seed)[0], "lora")
     trainable = [n for n, p in model.body.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)

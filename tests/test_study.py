@@ -87,8 +87,8 @@ def test_builtin_naive_variants_are_the_papers_naive_baseline(tmp_path):
 def test_naive_baseline_initialisation(tmp_path):
     import torch
 
-    from xmodal.model import build_model
-    from xmodal.tasks import REGISTRY
+    from xmodal.model.crossmodal import build_model
+    from xmodal.data.registry import REGISTRY
     plan = study.expand(study.load_spec("demo"), tmp_path, tasks=["digits"], seeds=[0])
 
     def run_of(part, variant):
@@ -97,8 +97,8 @@ def test_naive_baseline_initialisation(tmp_path):
     naive, orca = run_of("proxy", "naive"), run_of("proxy", "text")
     assert run_of("freezing", "untrained").id == naive.id     # one run serves RQ1 and RQ3
     spec = REGISTRY["digits"].spec
-    model, notes = build_model(spec, naive.config)
-    aligned, aligned_notes = build_model(spec, orca.config)
+    model, notes = build_model(spec, naive.config.body, naive.config.embedder, naive.config.run.seed)
+    aligned, aligned_notes = build_model(spec, orca.config.body, orca.config.embedder, orca.config.run.seed)
     assert notes == [] and "embedding LayerNorm" in aligned_notes
     body_ln = model.body.embedding_layernorm()
     emb = model.embedder
@@ -195,7 +195,7 @@ def test_demo_covers_all_four_experiments_and_shares_runs(tmp_path):
     plan = study.expand(study.load_spec("demo"), tmp_path)
     parts = {m[1] for r in plan.runs for m in r.members}
     assert parts == {"proxy", "align-epochs", "freezing", "pretraining", "baselines"}
-    from xmodal.tasks import REGISTRY
+    from xmodal.data.registry import REGISTRY
     modalities = {REGISTRY[r.task].spec.modality for r in plan.runs}
     assert modalities == {"1d", "2d"}
     assert len({r.seed for r in plan.runs}) >= 2

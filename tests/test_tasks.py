@@ -9,8 +9,9 @@ import pytest
 from xmodal import cli
 from xmodal.config import TaskConfig
 from xmodal.errors import UserError
-from xmodal.tasks import (REGISTRY, TaskData, TaskSpec, carve_validation, list_specs, load_task,
-                          validate)
+from xmodal.data.registry import REGISTRY, list_specs, load_task
+from xmodal.data.types import TaskData, TaskSpec
+from xmodal.data.splits import carve_validation, validate
 
 # Tasks that need nothing but the installed packages; the rest read files from --data-dir
 # (their loaders are exercised on tiny files in test_nb360.py).

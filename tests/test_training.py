@@ -12,14 +12,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xmodal import cli, training
-from xmodal.bodies import parameter_count
+from xmodal.stages import training
+from xmodal import cli
+from xmodal.model.bodies import parameter_count
 from xmodal.config import load_config
-from xmodal.errors import UserError
-from xmodal.fit import fit
-from xmodal.model import apply_finetune_mode, build_model, trainable_summary
-from xmodal.tasks import TaskData, TaskSpec
-from xmodal.training import Trainer, lr_factor, make_optimizer
+from xmodal.errors import UserError, one_line
+from xmodal.runs.fit import fit
+from xmodal.model.finetune import apply_finetune_mode, trainable_summary
+from xmodal.model.crossmodal import build_model
+from xmodal.data.types import TaskData, TaskSpec
+from xmodal.runs.fit import trainer_for
+from xmodal.stages import device as device_module
+from xmodal.stages import evaluate as evaluate_module
+from xmodal.stages.optim import lr_factor, make_optimizer
 
 CPU = torch.device("cpu")
 
@@ -96,7 +101,7 @@ def make_trainer(data, model=None, **overrides):
             "train.clip": None, "train.epochs": 1, "train.lr": 0.1, "run.device": "cpu",
             "run.precision": "fp32"}  # exact comparisons below
     cfg = load_config(overrides={**base, **overrides})
-    return Trainer(model or Linear(), data, cfg, CPU, progress=False)
+    return trainer_for(cfg, model or Linear(), data, CPU, progress=False)
 
 
 def record_batches(trainer):
@@ -245,7 +250,7 @@ def models():
     for body, spec in [("bert-tiny-random", spec1), ("vit-tiny-random", spec2),
                        ("swin-tiny-random", spec2)]:
         cfg = load_config(overrides={"body.name": body, "embedder.seq_len": 8})
-        out[body] = build_model(spec, cfg)[0]
+        out[body] = build_model(spec, cfg.body, cfg.embedder, cfg.run.seed)[0]
     return out
 
 
@@ -284,7 +289,7 @@ def test_finetune_modes_set_requires_grad_as_named(models, body):
         counts = trainable_summary(model)
         assert counts["trainable"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
         assert counts["total"] == sum(p.numel() for p in model.parameters())
-    with pytest.raises(UserError, match="unknown fine-tune mode 'attention-only'"):
+    with pytest.raises(ValueError, match="unknown fine-tune mode 'attention-only'"):
         apply_finetune_mode(copy.deepcopy(base), "attention-only")
         assert counts["trainable"] == sum(counts[f"{k}_trainable"]
                                           for k in ("embedder", "body", "predictor"))
@@ -360,8 +365,8 @@ def test_frozen_parts_do_not_move_during_training(models):
     spec = TaskSpec("t", "t", "1d", "classification", (2, 24), 3)
     data = TaskData(spec, x, y, x[:4], y[:4], x[:4], y[:4])
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = Trainer(model, data, load_config(overrides={"train.batch_size": 4, "train.lr": 1e-2,
-                                                          "train.epochs": 1}), CPU, progress=False)
+    cfg = load_config(overrides={"train.batch_size": 4, "train.lr": 1e-2, "train.epochs": 1})
+    trainer = trainer_for(cfg, model, data, CPU, progress=False)
     trainer.run()
     after = model.state_dict()
     body = [k for k in before if k.startswith("body.")]
@@ -451,7 +456,7 @@ def test_dense_loss_is_on_decoded_fields_after_augmentation():
     data = TaskData(spec, x, y, x[:2], y[:2], x[:2], y[:2], y_mean=np.float32(3.0),
                     y_std=np.float32(2.0), augment=lambda t: t + 1.0)
     cfg = load_config(overrides={"run.precision": "fp32", "train.epochs": 1})
-    trainer = Trainer(Scale(), data, cfg, CPU, progress=False)
+    trainer = trainer_for(cfg, Scale(), data, CPU, progress=False)
     loss = float(trainer._step_loss(torch.from_numpy(x), torch.from_numpy(y)).detach())
     out = (0.5 * (x + 1.0)) * 2.0 + 3.0
     target = y * 2.0 + 3.0
@@ -469,8 +474,8 @@ def test_cpu_bf16_is_read_from_the_cpu_flags(monkeypatch, flags, native):
     def fake_read(path, *a, **k):
         read.append(str(path))
         return f"processor\t: 0\nflags\t\t: {flags}\n"
-    monkeypatch.setattr(training.Path, "read_text", fake_read)
-    assert training.cpu_has_bf16() is native
+    monkeypatch.setattr(device_module.Path, "read_text", fake_read)
+    assert device_module.cpu_has_bf16() is native
     assert read == ["/proc/cpuinfo"]
 
 
@@ -483,17 +488,17 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(capsys):
     y = (x[:, 0] > 0).astype(np.int64)
     data = TaskData(spec, x, y, x[:4], y[:4], x[:4], y[:4])
     cfg = load_config(overrides={"train.epochs": 2, "train.batch_size": 4})
-    Trainer(nn.Linear(2, 2), data, cfg, CPU, progress=True).run()
+    trainer_for(cfg, nn.Linear(2, 2), data, CPU, progress=True).run()
     err = capsys.readouterr().err
     assert "epoch" not in err and "fine-tuning" not in err and "it/s" not in err
 
 
 def test_one_line_error_text():
-    assert training.one_line(ValueError("  bad shape\n  at layer 3\n")) == "ValueError: bad shape"
-    assert training.one_line(KeyError()) == "KeyError"
-    long = training.one_line(RuntimeError("x" * 500), limit=20)
+    assert one_line(ValueError("  bad shape\n  at layer 3\n")) == "ValueError: bad shape"
+    assert one_line(KeyError()) == "KeyError"
+    long = one_line(RuntimeError("x" * 500), limit=20)
     assert long == "RuntimeError: xxx..." and len(long) == 20
-    assert training.one_line(RuntimeError("y" * 6), limit=20) == "RuntimeError: yyyyyy"
+    assert one_line(RuntimeError("y" * 6), limit=20) == "RuntimeError: yyyyyy"
 
 
 
@@ -505,8 +510,8 @@ def test_track_best_keeps_the_first_lowest_finite_validation():
     y = (x[:, 0] > 0).astype(np.int64)
     data = TaskData(TaskSpec("c", "c", "1d", "classification", (2,), 2), x, y, x, y, x, y)
     model = nn.Linear(2, 2)
-    trainer = Trainer(model, data, load_config(overrides={"train.epochs": 1}), CPU,
-                      progress=False)
+    trainer = trainer_for(load_config(overrides={"train.epochs": 1}), model, data, CPU,
+                          progress=False)
     for epoch, val in enumerate([0.5, 0.7, 0.5, float("nan"), 0.3, 0.4], start=1):
         with torch.no_grad():
             model.bias.fill_(epoch)
@@ -526,7 +531,7 @@ def test_multilabel_loss_uses_the_configured_pos_weight():
     data = TaskData(spec, x, y, x, y, x, y)
     cfg = load_config(overrides={"train.pos_weight": 4.0, "run.precision": "fp32",
                                  "train.epochs": 1})
-    loss = Trainer(Scale(), data, cfg, CPU, progress=False)._step_loss(
+    loss = trainer_for(cfg, Scale(), data, CPU, progress=False)._step_loss(
         torch.from_numpy(x), torch.from_numpy(y))
     logits, t = 0.5 * x, y
     want = np.mean(-(4.0 * t * np.log(1 / (1 + np.exp(-logits)))
@@ -538,20 +543,20 @@ def test_auto_device_and_precision_on_a_cuda_machine(monkeypatch):
     """`auto` picks CUDA when there is one, and bf16 there when the GPU supports it (checked
     with CUDA's answers replaced: CI has no GPU)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert training.resolve_device("auto") == torch.device("cuda")
+    assert device_module.resolve_device("auto") == torch.device("cuda")
     cuda = torch.device("cuda")
     for supported, want in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda s=supported: s)
-        assert training.resolve_precision(cuda, "auto") == want
-    assert training.resolve_precision(cuda, "fp32") == "fp32"
+        assert device_module.resolve_precision(cuda, "auto") == want
+    assert device_module.resolve_precision(cuda, "fp32") == "fp32"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert training.resolve_device("auto") == torch.device("cpu")
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: False)
-    assert training.resolve_precision(CPU, "auto") == "fp32"
-    monkeypatch.setattr(training, "cpu_has_bf16", lambda: True)
-    assert training.resolve_precision(CPU, "auto") == "bf16"
+    assert device_module.resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: False)
+    assert device_module.resolve_precision(CPU, "auto") == "fp32"
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: True)
+    assert device_module.resolve_precision(CPU, "auto") == "bf16"
     with pytest.raises(UserError, match="no CUDA device"):
-        training.resolve_device("cuda")
+        device_module.resolve_device("cuda")
 
 
 @pytest.mark.parametrize("body", ["bert-tiny-random", "vit-tiny-random", "swin-tiny-random"])
@@ -567,31 +572,32 @@ def test_model_forward_gives_one_row_of_logits_per_sample(models, body):
 def test_build_model_reports_what_it_copied_from_the_body():
     spec = TaskSpec("t", "t", "1d", "classification", (2, 24), 3)
     cfg = load_config(overrides={"body.name": "bert-tiny-random", "embedder.seq_len": 8})
-    _, notes = build_model(spec, cfg)
+    _, notes = build_model(spec, cfg.body, cfg.embedder, cfg.run.seed)
     assert "position embeddings" in notes and all(isinstance(n, str) for n in notes)
     cfg = load_config(overrides={"body.name": "bert-tiny-random", "embedder.seq_len": 8,
                                  "embedder.init_from_body": False})
-    assert build_model(spec, cfg)[1] == []
+    assert build_model(spec, cfg.body, cfg.embedder, cfg.run.seed)[1] == []
     image = TaskSpec("i", "i", "2d", "classification", (3, 16, 16), 3)
     cfg = load_config(overrides={"body.name": "vit-tiny-random", "embedder.patch": 8})
-    model = build_model(image, cfg)[0]
+    model = build_model(image, cfg.body, cfg.embedder, cfg.run.seed)[0]
     assert model.embedder.proj.kernel_size == (8, 8) and model.embedder.grid == (4, 4)
 
 
 
 def test_evaluation_runs_at_the_runs_precision(monkeypatch):
     seen = []
-    real = training.predict
+    real = evaluate_module.predict
 
     def spy(model, x, batch_size, device, precision, *rest):
         seen.append((batch_size, precision))
         return real(model, x, batch_size, device, precision, *rest)
-    monkeypatch.setattr(training, "predict", spy)
+    monkeypatch.setattr(evaluate_module, "predict", spy)
     x = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
     y = np.array([0, 1, 0, 1, 1])
     data = TaskData(TaskSpec("c", "c", "1d", "classification", (2,), 2), x, y, x, y, x, y)
     cfg = load_config(overrides={"run.precision": "bf16", "train.eval_batch_size": 3})
-    training.evaluate(nn.Linear(2, 2), x, y, data, cfg, CPU)
+    evaluate_module.evaluate(nn.Linear(2, 2), x, y, data, CPU, cfg.train.eval_batch_size,
+                             cfg.run.precision)
     assert seen == [(3, "bf16")]
 
 
@@ -603,7 +609,7 @@ def test_each_epoch_reshuffles_the_training_set_reproducibly():
     cfg = load_config(overrides={"train.batch_size": 5, "train.epochs": 2})
 
     def order(epoch):
-        trainer = Trainer(nn.Linear(2, 2), data, cfg, CPU, progress=False)
+        trainer = trainer_for(cfg, nn.Linear(2, 2), data, CPU, progress=False)
         return [int(v) for xb, _ in trainer._loader(epoch) for v in xb[:, 0] // 2]
     first = order(1)
     assert sorted(first) == list(range(20)) and first != list(range(20))

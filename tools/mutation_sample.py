@@ -30,7 +30,7 @@ DETECTED = {"killed", "timeout", "segfault", "caught by type check"}
 
 
 def module_of(name: str) -> str:
-    """'xmodal.otdd.x_emd_cost__mutmut_2' -> 'xmodal.otdd' (methods: '.xǁClassǁname')."""
+    """'xmodal.ot.otdd.x_emd_cost__mutmut_2' -> 'xmodal.ot.otdd' (methods: '.xǁClassǁname')."""
     return name.split(".x")[0]
 
 
@@ -39,7 +39,7 @@ def mutmut(*args: str, **popen) -> int:
 
 
 def names_by_module() -> dict[str, list[str]]:
-    """Every generated mutant's name, by module (`xmodal.otdd`), from mutmut's meta files."""
+    """Every generated mutant's name, by module (`xmodal.ot.otdd`), from mutmut's meta files."""
     out: dict[str, list[str]] = {}
     for meta in sorted(MUTANTS.glob("src/**/*.py.meta")):
         for name in sorted(json.loads(meta.read_text())["exit_code_by_key"]):

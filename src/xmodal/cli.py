@@ -237,7 +237,7 @@ def overrides_from_args(args) -> list[str]:
 
 
 def cmd_tasks(args) -> int:
-    from .tasks import list_specs
+    from .data.registry import list_specs
     specs = list_specs()
     if args.json:
         print(json.dumps([{**s.__dict__, "loss": s.loss} for s in specs], indent=2))
@@ -255,7 +255,7 @@ def cmd_tasks(args) -> int:
 
 def cmd_fit(args) -> int:
     from .config import load_config
-    from .fit import fit
+    from .runs.fit import fit
     cfg = load_config(args.config, overrides_from_args(args))
     if args.dry_run:
         return _dry_run(cfg)
@@ -271,10 +271,10 @@ def cmd_fit(args) -> int:
 
 
 def cmd_baseline(args) -> int:
-    from .baselines import check_method, default_methods
+    from .runs.baselines import check_method, default_methods
     from .config import load_config
-    from .fit import fit
-    from .tasks import load_task
+    from .runs.fit import fit
+    from .data.registry import load_task
     items = overrides_from_args(args)
     cfg = load_config(args.config, items)
     data = load_task(cfg.task)
@@ -307,8 +307,8 @@ def _quiet_log(message: str) -> None:  # noqa: ARG001 - --quiet: no log lines
 def _dry_run(cfg) -> int:
     """Every pre-training check first (errors print alone), then the config and model summary."""
     from .config import to_yaml
-    from .fit import check_output_dir, preflight
-    from .model import apply_finetune_mode, trainable_summary
+    from .runs.fit import check_output_dir, preflight
+    from .model.finetune import apply_finetune_mode, trainable_summary
     check_output_dir(cfg)
     checked = preflight(cfg)
     spec = checked.data.spec
@@ -328,7 +328,7 @@ def _dry_run(cfg) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .predict import predict_command
+    from .runs.predict import predict_command
     result = predict_command(args.run_dir, args.input, args.output, labels=args.labels,
                              device=args.device, progress=not args.quiet)
     if "value" in result:
@@ -340,8 +340,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_distance(args) -> int:
-    from .distance import distance_command
-    from .otdd import sinkhorn_notes
+    from .runs.distance import distance_command
+    from .ot.sinkhorn import sinkhorn_notes
     with sinkhorn_notes(_log_line, "raise --max-iter or --eps"):
         result = distance_command(args)
     if args.json:

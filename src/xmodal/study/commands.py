@@ -95,8 +95,7 @@ def _seeds(value: Optional[str]) -> Optional[list[int]]:
 def _check_task_names(names: Optional[list[str]]) -> None:
     if not names:
         return
-    from ..tasks import REGISTRY, _load_plugins
-    _load_plugins()
+    from ..data.registry import REGISTRY
     for name in names:
         if name.startswith("npz:") or name in REGISTRY or is_preset_name(name):
             continue

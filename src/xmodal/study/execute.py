@@ -22,7 +22,7 @@ def execute(job: dict) -> dict:
             fh.flush()
         log(f"start {job['id']} ({job['describe']}) pid {os.getpid()}")
         try:
-            from ..fit import fit
+            from ..runs.fit import fit
             res = fit(job["config"], progress=job["progress"], log=log,
                       run_dir=Path(job["run_dir"]))
             out = {"status": res.status, "summary": res.summary, "history": res.history,
@@ -34,7 +34,7 @@ def execute(job: dict) -> dict:
             log(tb)
             history = []
             try:
-                from ..artifacts import read_jsonl
+                from ..io.artifacts import read_jsonl
                 history = read_jsonl(Path(job["run_dir"]) / "metrics.jsonl")
             except Exception:  # noqa: BLE001
                 pass

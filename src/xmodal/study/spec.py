@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-import yaml
 
-from ..config import (Config, config_hash, flatten, from_dict, parse_override, parse_yaml,
+from ..config import (Config, config_hash, from_dict, parse_override, parse_yaml,
                       read_text_file, set_dotted)
+from ..config.bodies import body_family
+from ..config.derived import aligns
+from ..config.identity import alignment_key, run_id
 from ..errors import UserError
 
 EXPERIMENTS = ("proxy", "align-epochs", "freezing", "pretraining", "custom", "baselines")
@@ -132,7 +133,7 @@ def _validate_part(part: dict, where: str, fail) -> None:
     if "set" in part and not isinstance(part["set"], dict):
         fail(f"{where}: 'set' must be a mapping of config keys")
     if "methods" in part:
-        from ..baselines import METHODS
+        from ..runs.baselines import METHODS
         methods = part["methods"]
         if exp != "baselines":
             fail(f"{where}: 'methods' belongs to a part with experiment: baselines")
@@ -193,19 +194,7 @@ class PlannedRun:
 
     def align_group(self) -> Optional[str]:
         """Runs with the same key share one trained embedder (align.cache_dir)."""
-        cfg = self.config
-        if cfg.align.proxy == "none" or cfg.align.epochs == 0:
-            return None
-        try:
-            from ..align import alignment_key
-            return alignment_key(cfg)
-        except Exception:  # noqa: BLE001 - an approximation is enough for scheduling
-            flat = flatten(cfg.to_dict())
-            keep = {k: v for k, v in flat.items()
-                    if k.split(".")[0] in ("task", "body", "embedder", "align")
-                    and k not in ("align.from_epoch", "align.cache_dir")}
-            keep["run.seed"], keep["train.lr"] = cfg.run.seed, cfg.train.lr
-            return json.dumps(keep, sort_keys=True, default=str)
+        return alignment_key(self.config) if aligns(self.config) else None
 
     def describe(self) -> str:
         labels = [m[2].get("label") for m in self.members if m[2].get("label")]
@@ -323,31 +312,6 @@ def _flat_set(mapping: Optional[dict], prefix: str = "") -> dict:
     return out
 
 
-_FAMILY_CACHE: dict[str, str] = {}
-
-
-def body_family(name: str) -> str:
-    """'text' or 'vision' for a body name, without loading weights."""
-    if name in _FAMILY_CACHE:
-        return _FAMILY_CACHE[name]
-    family = None
-    try:
-        from .. import bodies
-        if name in bodies.RANDOM_CONFIGS:
-            mt = bodies.RANDOM_CONFIGS[name]["model_type"]
-        elif name == "minilm":
-            mt = "bert"
-        else:
-            from transformers import AutoConfig
-            mt = AutoConfig.from_pretrained(bodies.resolve_source(name),
-                                            local_files_only=True).model_type
-        family = "vision" if mt in bodies.VISION_TYPES else "text"
-    except Exception:  # noqa: BLE001 - not on this machine / unknown: fall back to the name
-        low = name.lower()
-        family = "vision" if any(k in low for k in ("vit", "swin", "deit", "beit", "image")) \
-            else "text"
-    _FAMILY_CACHE[name] = family
-    return family
 
 
 def expand(spec: dict, out: str | Path, tasks: Optional[list[str]] = None,
@@ -416,9 +380,8 @@ def expand(spec: dict, out: str | Path, tasks: Optional[list[str]] = None,
                                   "axes": axis_vals, "task": task["name"], "seed": seed}
                         member = (part["name"], experiment, labels)
                         if rid not in runs:
-                            from ..fit import run_id as folder_name
                             runs[rid] = PlannedRun(rid, cfg, task["name"], seed, varied,
-                                                   out / "runs" / folder_name(cfg))
+                                                   out / "runs" / run_id(cfg))
                             order.append((part_seeds.index(seed), p_idx, t_idx, v_idx, g_idx, rid))
                         else:
                             runs[rid].axes = {**runs[rid].axes, **varied}
@@ -436,8 +399,8 @@ def expand(spec: dict, out: str | Path, tasks: Optional[list[str]] = None,
 def baseline_variants(part: dict, task: str) -> list[dict]:
     """A `baselines` part: one variant per domain method (`methods`, default all) that applies
     to the task; a task xmodal does not know before loading (npz) keeps the methods given."""
-    from ..baselines import METHODS, applies
-    from ..tasks import REGISTRY, list_specs
+    from ..runs.baselines import METHODS, applies
+    from ..data.registry import REGISTRY, list_specs
     list_specs()
     methods = part.get("methods") or list(METHODS)
     spec = REGISTRY[task].spec if task in REGISTRY else None

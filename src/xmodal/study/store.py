@@ -379,7 +379,7 @@ class Store:
                      _num(rec.get("val_metric")), _num(rec.get("test_metric")),
                      _num(rec.get("lr")), _num(rec.get("seconds"))))
             for rec in trace:
-                value = rec.get("otdd", rec.get("loss", rec.get("value")))
+                value = rec.get("value", rec.get("otdd"))   # "otdd": stages stored before
                 self.conn.execute("INSERT OR REPLACE INTO align_traces VALUES (?, ?, ?, ?)",
                                   (run_id, int(rec["epoch"]), _num(value),
                                    _num(rec.get("seconds"))))

@@ -10,7 +10,7 @@ import re
 import time
 from pathlib import Path
 
-from ...artifacts import write_text
+from ...io.artifacts import write_text
 from ..stats import RULE
 from ..store import Store
 from .baselines import baseline_refs, reference_table, section_baselines

@@ -116,7 +116,7 @@ def read_npz_arrays(path: str | Path, role: str) -> dict:
 
     import numpy as np
 
-    from .errors import UserError
+    from ..errors import UserError
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"{role} file {path} does not exist")
@@ -132,7 +132,7 @@ def read_features_npz(path: str | Path, role: str, need_y: bool):
     user's .npz; any problem is one `UserError` naming the file, the array and the fix."""
     import numpy as np
 
-    from .errors import UserError
+    from ..errors import UserError
     arrays = read_npz_arrays(path, role)
     if "x" not in arrays:
         raise UserError(f"{role} file {path} has no array 'x' (N, d) (found: {sorted(arrays)})")

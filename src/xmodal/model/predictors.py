@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tasks import TaskSpec
+from ..data.types import TaskSpec
 
 
 class PointPredictor(nn.Module):

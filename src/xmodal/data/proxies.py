@@ -1,6 +1,6 @@
 """Proxy (source) datasets of the alignment stage, as features in the body's own input space.
 
-`proxy_features(name, body, cfg, device) -> (x (n, d), y (n,), info)` passes a labelled proxy
+`proxy_features(name, body, src, device) -> (x (n, d), y (n,), info)` passes a labelled proxy
 dataset through the body's ORIGINAL input-embedding layer (ORCA's source side) and caches the
 result on disk, once per (proxy, body embedding weights, n_source, proxy files, recipe).
 The proxy must match the BODY's modality (ORCA's rule), not the task's:
@@ -31,13 +31,14 @@ import os
 import struct
 from collections import defaultdict
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 
-from . import artifacts
-from .errors import UserError
+from ..io import artifacts
+from ..errors import UserError
 
 IMAGE_PROXIES = ("digits", "mnist", "cifar10", "fakedata")
 TEXT_PROXIES = ("text", "fake-text")
@@ -58,18 +59,32 @@ POS_ORDER = tuple(POS_CLASSES) + ("OTHER",)
 
 # ----------------------------------------------------------------------------- public API
 
-def proxy_features(name: str, body, cfg, device=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+@dataclass(frozen=True)
+class ProxySource:
+    """Where proxy samples come from and how many: `align.n_source`, `align.proxy_dir`, and the
+    feature cache (`align.cache_dir`, else $XMODAL_CACHE, else ~/.cache/xmodal)."""
+    n_source: int = 5000
+    proxy_dir: Optional[str] = None
+    cache_dir: Optional[str] = None
+
+    @classmethod
+    def of(cls, align) -> "ProxySource":
+        """From the `align` section (or the resolved `AlignSettings`)."""
+        return cls(align.n_source, align.proxy_dir, align.cache_dir)
+
+
+def proxy_features(name: str, body, src: ProxySource, device=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Features (n, d) float32, labels (n,) int64 (codes 0..K-1) and an info dict."""
     device = torch.device(device or "cpu")
     if name.startswith("npz:"):
-        x, y, info = _npz_proxy(name[4:], body, cfg.align.n_source)
+        x, y, info = _npz_proxy(name[4:], body, src.n_source)
         return x.to(device), y.to(device), info
     check_compatible(name, body)
-    path = cache_path(name, body, cfg)
+    path = cache_path(name, body, src)
     if path.is_file():
         x, y, info = _read_cache(path)
         return x.to(device), y.to(device), {**info, "cached": True, "cache_path": str(path)}
-    x, y, info = _compute(name, body, cfg)
+    x, y, info = _compute(name, body, src)
     _check_classes(y, f"proxy '{name}'")
     info = {**info, "proxy": name, "n": int(len(y)), "classes": int(y.max()) + 1,
             "dim": int(x.shape[1])}
@@ -90,17 +105,17 @@ def check_compatible(name: str, body) -> None:
         raise UserError(f"unknown proxy '{name}'; valid: {', '.join(PROXY_NAMES)}")
 
 
-def cache_root(cfg) -> Path:
+def cache_root(src) -> Path:
     """`align.cache_dir`, else $XMODAL_CACHE, else ~/.cache/xmodal."""
-    root = cfg.align.cache_dir or os.environ.get("XMODAL_CACHE") or "~/.cache/xmodal"
+    root = src.cache_dir or os.environ.get("XMODAL_CACHE") or "~/.cache/xmodal"
     return Path(root).expanduser()
 
 
-def cache_path(name: str, body, cfg) -> Path:
-    ident = {"recipe": RECIPE, "proxy": name, "n_source": cfg.align.n_source,
-             "body": body_fingerprint(body), "files": _source_fingerprint(name, cfg)}
+def cache_path(name: str, body, src) -> Path:
+    ident = {"recipe": RECIPE, "proxy": name, "n_source": src.n_source,
+             "body": body_fingerprint(body), "files": _source_fingerprint(name, src)}
     digest = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_root(cfg) / "proxies" / f"{name}-{digest}.safetensors"
+    return cache_root(src) / "proxies" / f"{name}-{digest}.safetensors"
 
 
 def body_fingerprint(body) -> str:
@@ -115,13 +130,13 @@ def body_fingerprint(body) -> str:
 
 # ----------------------------------------------------------------------------- plumbing
 
-def _compute(name: str, body, cfg) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    n = cfg.align.n_source
+def _compute(name: str, body, src) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    n = src.n_source
     if name == "text":
-        return text_features(body, cfg)
+        return text_features(body, src)
     if name == "fake-text":
-        return _fake_text(body, cfg)
-    images, labels, info = _image_source(name, cfg.align.proxy_dir, n)
+        return _fake_text(body, src)
+    images, labels, info = _image_source(name, src.proxy_dir, n)
     x = _image_features(images, body)
     return x, torch.as_tensor(labels, dtype=torch.int64), {**info, "level": "image"}
 
@@ -133,9 +148,9 @@ def _read_cache(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
         return f.get_tensor("x"), f.get_tensor("y"), info
 
 
-def _source_fingerprint(name: str, cfg) -> list:
+def _source_fingerprint(name: str, src) -> list:
     """Identity of the files a proxy reads (path, size, mtime); [] for generated proxies."""
-    folder = cfg.align.proxy_dir
+    folder = src.proxy_dir
     files = []
     if name in ("text", "fake-text"):
         npy = list(_orca_text_files(folder) or [])
@@ -297,9 +312,9 @@ def _image_features(images: np.ndarray, body, batch: int = 128) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- text
 
-def text_features(body, cfg) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def text_features(body, src) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Token-level text features (see the module docstring for the sources, in order)."""
-    folder, n = cfg.align.proxy_dir, cfg.align.n_source
+    folder, n = src.proxy_dir, src.n_source
     pair = _orca_text_files(folder)
     if pair:
         return _precomputed_text(pair, body, n)
@@ -446,13 +461,13 @@ def token_features(sentences, wanted, tokenizer, body, batch: int = 128):
     return out, ~torch.isnan(out[:, 0])
 
 
-def _fake_text(body, cfg) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def _fake_text(body, src) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Gaussian vectors with the per-dimension mean/std of the real `text` features; uniform
     random labels over as many classes as `text` has."""
-    xt, yt, tinfo = proxy_features("text", body, cfg)
+    xt, yt, tinfo = proxy_features("text", body, src)
     k = int(yt.max()) + 1
     gen = torch.Generator().manual_seed(SEED)
-    n = cfg.align.n_source
+    n = src.n_source
     x = xt.mean(0) + xt.std(0) * torch.randn(n, xt.shape[1], generator=gen)
     y = torch.as_tensor(_uniform_labels(np.random.default_rng(SEED), n, k))
     return x.float(), y, {"source": f"random vectors matching the mean/std of text "
@@ -478,7 +493,7 @@ def _check_xy(x: np.ndarray, y: np.ndarray, body, path) -> tuple[np.ndarray, np.
 
 
 def _npz_proxy(path: str, body, n: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    from .artifacts import read_features_npz
+    from ..io.artifacts import read_features_npz
     p = Path(path).expanduser()
     x, y = read_features_npz(p, "proxy", need_y=True)
     x, y = _check_xy(x, y, body, path)

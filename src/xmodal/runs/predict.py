@@ -19,11 +19,10 @@ from typing import Optional
 
 import numpy as np
 
-from . import artifacts
-from .errors import UserError
+from ..io import artifacts
+from ..errors import UserError
+from .folder import RunFolder, Summary
 
-TASK_RECORD = "task.json"
-CHECKPOINT = "best.safetensors"
 
 
 # ----------------------------------------------------------------------------- the task record
@@ -36,7 +35,7 @@ def save_task_record(run_dir: Path, data) -> Path:
               "label_names": data.label_names,
               "preprocess": {k: _encode(getattr(data, k))
                              for k in ("x_mean", "x_std", "y_mean", "y_std")}}
-    return artifacts.write_text(Path(run_dir) / TASK_RECORD, json.dumps(record) + "\n")
+    return artifacts.write_text(RunFolder(run_dir).task, json.dumps(record) + "\n")
 
 
 def _encode(a: Optional[np.ndarray]) -> Optional[dict]:
@@ -63,10 +62,10 @@ class TaskRecord:
 
 
 def read_task_record(run_dir: Path) -> TaskRecord:
-    from .tasks import TaskSpec
-    path = Path(run_dir) / TASK_RECORD
+    from ..data.types import TaskSpec
+    path = RunFolder(run_dir).task
     if not path.is_file():
-        raise UserError(f"run folder {run_dir} has no {TASK_RECORD} (runs trained before "
+        raise UserError(f"run folder {run_dir} has no {RunFolder.TASK} (runs trained before "
                         f"`xmodal predict` existed lack it); retrain it with --force")
     doc = json.loads(path.read_text())
     spec = doc["spec"]
@@ -80,44 +79,43 @@ def read_task_record(run_dir: Path) -> TaskRecord:
 
 def load_run(run_dir, device: str = "cpu") -> "LoadedRun":
     """The finished run in `run_dir`, ready to predict (on `device`: cpu | cuda | auto)."""
-    from .config import from_dict
-    from .training import resolve_device
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"'{run_dir}' is not a run folder (no config.yaml); give a folder that "
-                        f"`xmodal fit` wrote, e.g. runs/<run id>")
-    summary = _summary(run_dir)
-    if not (run_dir / CHECKPOINT).is_file():
-        raise UserError(f"run folder {run_dir} has no {CHECKPOINT} (run.save_checkpoint was "
-                        f"false); retrain it with run.save_checkpoint=true")
-    import yaml
-    cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text())["config"])
-    record = read_task_record(run_dir)
-    model = _load_model(run_dir, record.spec, cfg)
+    from ..config import from_dict
+    from ..stages.device import resolve_device
+    folder = RunFolder(run_dir)
+    if not folder.config.is_file():
+        raise UserError(f"'{folder.path}' is not a run folder (no {folder.CONFIG}); give a folder "
+                        f"that `xmodal fit` wrote, e.g. runs/<run id>")
+    summary = _finished_summary(folder)
+    if not folder.checkpoint.is_file():
+        raise UserError(f"run folder {folder.path} has no {folder.CHECKPOINT} (run.save_checkpoint "
+                        f"was false); retrain it with run.save_checkpoint=true")
+    cfg = from_dict(folder.read_config()["config"])
+    record = read_task_record(folder.path)
+    model = _load_model(folder, record.spec, cfg)
     dev = resolve_device(device)
-    return LoadedRun(run_dir, cfg, record, model.to(dev).eval(), dev, summary)
+    return LoadedRun(folder.path, cfg, record, model.to(dev).eval(), dev, summary.to_dict())
 
 
-def _summary(run_dir: Path) -> dict:
-    path = run_dir / "summary.json"
-    summary = json.loads(path.read_text()) if path.is_file() else {}
-    if summary.get("status") != "done":
-        status = summary.get("status", "in progress")
-        raise UserError(f"run {run_dir} is not finished (status {status}); finish it with "
+def _finished_summary(folder: RunFolder) -> Summary:
+    summary = folder.read_summary()
+    if summary is None or summary.status != "done":
+        status = summary.status if summary is not None else "in progress"
+        raise UserError(f"run {folder.path} is not finished (status {status}); finish it with "
                         f"`xmodal fit` first")
     return summary
 
 
-def _load_model(run_dir: Path, spec, cfg):
+def _load_model(folder: RunFolder, spec, cfg):
     from safetensors.torch import load_file
 
-    from .model import apply_finetune_mode, build_model
-    model, _ = build_model(spec, cfg)
+    from ..model.crossmodal import build_model
+    from ..model.finetune import apply_finetune_mode
+    model, _ = build_model(spec, cfg.body, cfg.embedder, cfg.run.seed)
     model = apply_finetune_mode(model, cfg.train.finetune, cfg.train.lora_rank)
-    state = load_file(str(run_dir / CHECKPOINT))
+    state = load_file(str(folder.checkpoint))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise UserError(f"{run_dir / CHECKPOINT} does not match the model its config.yaml "
+        raise UserError(f"{folder.checkpoint} does not match the model its {folder.CONFIG} "
                         f"builds ({len(missing)} missing, {len(unexpected)} unexpected tensors)")
     return model
 
@@ -159,13 +157,13 @@ class LoadedRun:
             raise UserError(f"x contains NaN or inf ({int((~np.isfinite(x)).sum())} values)")
         if self.record.x_mean is None:
             return np.ascontiguousarray(x, dtype=np.float32)
-        from .tasks import normalise_x
+        from ..data.splits import normalise_x
         return np.ascontiguousarray(normalise_x(x, self.record.x_mean, self.record.x_std))
 
     def outputs(self, x: np.ndarray, progress: bool = False) -> np.ndarray:
         """Model outputs as the run's evaluation computed them: logits, or dense values in the
         targets' original units."""
-        from .training import predict
+        from ..stages.evaluate import predict
         cfg = self.config
         out = predict(self.model, self.prepare(x), cfg.train.eval_batch_size, self.device,
                       cfg.run.precision, progress=progress)
@@ -189,7 +187,7 @@ class LoadedRun:
         return self.metric(self.outputs(x), y)
 
     def metric(self, outputs: np.ndarray, y: np.ndarray) -> float:
-        from .metrics import compute_metric
+        from ..stages.metrics import compute_metric
         return compute_metric(self.spec.metric, outputs, self._targets(y, len(outputs)))[0]
 
     def _pred(self, out: np.ndarray) -> np.ndarray:
@@ -200,7 +198,7 @@ class LoadedRun:
         return out
 
     def _targets(self, y: np.ndarray, n: int) -> np.ndarray:
-        from .tasks import _validate_targets
+        from ..data.splits import _validate_targets
         y = np.asarray(y)
         spec = self.spec
         if spec.kind == "dense" and y.ndim == len(spec.output_shape) and spec.output_shape[0] == 1:
@@ -224,7 +222,7 @@ def _proba(kind: str, out: np.ndarray) -> np.ndarray:
 
 def read_input(path, need_y: bool) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """`x` (and `y` with --labels) from the user's .npz, read without unpickling."""
-    from .artifacts import read_npz_arrays
+    from ..io.artifacts import read_npz_arrays
     arrays = read_npz_arrays(path, "--input")
     if "x" not in arrays:
         raise UserError(f"--input file {path} has no array 'x' (found: {sorted(arrays)})")

@@ -20,24 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import BodyConfig
-from .errors import UserError
-
-TEXT_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert")
-VISION_TYPES = ("vit", "swin")
-
-# Small random configs: exercise the vision families without any download.
-RANDOM_CONFIGS = {
-    "vit-tiny-random": dict(model_type="vit", hidden_size=64, num_hidden_layers=2,
-                            num_attention_heads=4, intermediate_size=128, image_size=32,
-                            patch_size=4, num_channels=3),
-    "swin-tiny-random": dict(model_type="swin", embed_dim=32, depths=[2, 2], num_heads=[2, 4],
-                             window_size=4, image_size=32, patch_size=4, num_channels=3),
-    "bert-tiny-random": dict(model_type="bert", hidden_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, intermediate_size=128,
-                             max_position_embeddings=128, vocab_size=1000),
-}
-
+from ..config import BodyConfig
+from ..config.bodies import RANDOM_CONFIGS, TEXT_TYPES, VISION_TYPES
+from ..errors import UserError
 
 @dataclass(frozen=True)
 class BodyInfo:

@@ -18,10 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import TaskConfig
+from ..config import TaskConfig
 from .darcy import dense_task_data, read_options, split_tail
-from .errors import UserError
-from .tasks import REGISTRY, TaskData, TaskSpec, register
+from ..errors import UserError
+from .registry import REGISTRY, register
+from .types import TaskData, TaskSpec
 
 ENV_VAR = "XMODAL_DATA_DIR"
 S3 = "https://pde-xd.s3.amazonaws.com"
@@ -77,12 +78,12 @@ def bad_file(path: Path, expectation: str, found: str = "") -> UserError:
 def _load_npy(path: Path, pickled: bool = False):
     """Plain arrays are memory-mapped; object arrays and pickled dicts go through the
     restricted unpickler (`safe_pickle`), which runs no code from the file."""
-    from .safe_pickle import load_npy
+    from ..io.safe_pickle import load_npy
     return load_npy(path)
 
 
 def _load_pickle(path: Path, encoding: str = "ASCII"):
-    from .safe_pickle import load_pickle
+    from ..io.safe_pickle import load_pickle
     return load_pickle(path, encoding)
 
 

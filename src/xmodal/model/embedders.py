@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bodies import Body
-from .errors import UserError
+from ..errors import UserError
 
 
 def plan_1d(length: int, seq_len: int) -> tuple[int, int, int]:

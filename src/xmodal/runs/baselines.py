@@ -17,36 +17,63 @@ existing libraries and fitted on exactly the training split the fine-tuned model
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-from .errors import UserError
-from .tasks import TaskData, TaskSpec
+from ..config.choices import BASELINES
+from ..data.types import TaskData, TaskSpec
+from ..errors import UserError
+from ..stages.metrics import METRIC_LABELS, compute_metric
+from .folder import Summary
 
-METHODS = ("logreg", "minirocket", "ridge", "mean")
+METHODS = tuple(BASELINES)
 MINIROCKET_MIN_LENGTH = 9
 
 
 def applies(method: str, spec: TaskSpec) -> bool:
-    if method == "logreg":
-        return spec.kind in ("classification", "multilabel")
-    if method == "minirocket":
-        return spec.kind == "classification" and len(spec.input_shape) == 2
-    if method == "ridge":
-        return spec.kind == "dense"
-    return method == "mean" and spec.kind in ("classification", "dense")
+    """Whether `method` fits `spec` (its row in `config.choices.BASELINES`)."""
+    row = BASELINES[method]
+    return spec.kind in row.kinds and spec.modality in row.modalities
 
 
 def default_methods(spec: TaskSpec) -> list[str]:
-    return [m for m in METHODS if applies(m, spec) and m != "mean"] or ["mean"]
+    return [m for m, row in BASELINES.items() if row.default and applies(m, spec)] or ["mean"]
 
 
 def check_method(method: str, spec: TaskSpec) -> None:
-    if method not in METHODS:
-        raise UserError(f"unknown baseline '{method}'; choose one of {', '.join(METHODS)}")
+    if method not in BASELINES:
+        raise UserError(f"unknown baseline '{method}'; choose one of {', '.join(BASELINES)}")
     if not applies(method, spec):
-        fits = ", ".join(m for m in METHODS if applies(m, spec))
+        fits = ", ".join(m for m in BASELINES if applies(m, spec))
         raise UserError(f"baseline '{method}' does not apply to task '{spec.name}' "
                         f"({spec.kind}, input {spec.input_shape}); use one of: {fits}")
+
+
+def run_baseline(method: str, data: TaskData, seed: int, run_id: str,
+                 started: float) -> tuple[Summary, list[dict]]:
+    """Fit `method` on the training split and score it like a fine-tuned run: the summary and
+    the one-epoch history a run folder holds."""
+    outputs = predict_baseline(method, data, seed)
+    val = _score(data, outputs["val"], data.y_val) if len(data.x_val) else None
+    test, info = _score(data, outputs["test"], data.y_test, details=True)
+    record = {"epoch": 1, "train_loss": None, "val_metric": val, "lr": None,
+              "seconds": time.time() - started, "test_metric": test}
+    summary = Summary(run_id=run_id, task=data.spec.name, body=method, baseline=method,
+                      metric=data.spec.metric, metric_label=METRIC_LABELS[data.spec.metric],
+                      sizes=data.sizes(), notes=data.notes, seed=seed, selection=data.selection,
+                      best_epoch=1, best_val_metric=val, last_val_metric=val,
+                      test_metric_best=test, test_metric_last=test, epochs=1, extra=info,
+                      seconds=time.time() - started)
+    return summary, [record]
+
+
+def _score(data: TaskData, out: np.ndarray, y: np.ndarray, details: bool = False):
+    """The task metric (dense outputs decoded to the targets' units first)."""
+    if data.spec.kind == "dense":
+        out, y = data.decode_y(out), data.decode_y(y)
+    value, info = compute_metric(data.spec.metric, out, y)
+    return (value, info) if details else value
 
 
 def predict_baseline(method: str, data: TaskData, seed: int) -> dict[str, np.ndarray]:

@@ -1,7 +1,7 @@
 """Backing for `xmodal distance`: the OTDD between two labelled datasets.
 
 `distance_command(args) -> dict`. Two .npz files (`x` (N, d), `y` (N,) int; `y` optional in the
-target) go straight to `otdd.distance_from_npz`. Otherwise each side is resolved by name in the
+target) go straight to `distance_from_npz`. Otherwise each side is resolved by name in the
 embedding space of `--body` (default minilm):
 * source: a proxy name (digits, mnist, cifar10, fakedata, text, fake-text, npz:PATH - the body's
   own input embedding, as in alignment; `proxy:NAME` forces this reading), else a task name
@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import artifacts
-from .errors import UserError
+from ..io import artifacts
+from ..errors import UserError
 
 SEED = 0
 PSEUDO_K = 10
@@ -33,11 +33,10 @@ def distance_command(args) -> dict:
     if args.max_iter < 1:
         raise UserError(f"--max-iter must be >= 1; got {args.max_iter}")
     if _is_npz(args.source) and _is_npz(args.target):
-        from .otdd import distance_from_npz
         out = distance_from_npz(args.source, args.target, args.inner, args.eps, args.max_iter)
         return {"otdd": out.pop("otdd"), "source": args.source, "target": args.target, **out}
-    from .bodies import load_body
-    from .config import BodyConfig
+    from ..model.bodies import load_body
+    from ..config import BodyConfig
     torch.manual_seed(SEED)
     body = load_body(BodyConfig(name=args.body))
     body.eval()
@@ -59,7 +58,7 @@ def _n_classes(y) -> int:
 
 
 def _otdd(xs, ys, xt, yt, inner: str, eps: float, max_iter: int) -> float:
-    from .otdd import otdd
+    from ..ot.otdd import otdd
     try:
         return float(otdd(xs.double(), ys, xt.double(), yt, inner=inner, eps=eps,
                           max_iter=max_iter))
@@ -75,7 +74,7 @@ def _is_npz(name: str) -> bool:
 
 def _side(name: str, role: str, body, args):
     """(features, labels or None, description) for one side of the distance."""
-    from .proxies import IMAGE_PROXIES, TEXT_PROXIES
+    from ..data.proxies import IMAGE_PROXIES, TEXT_PROXIES
     if _is_npz(name):
         x, y = read_features_npz(name, role, need_y=role == "source")
         return x, y, f"features from {name}"
@@ -90,14 +89,11 @@ def _side(name: str, role: str, body, args):
 
 
 def _proxy_side(name: str, body, args):
-    from .config import load_config
-    from .proxies import proxy_features
-    overrides = {"align.n_source": args.max_samples or 5000,
-                 "align.proxy_dir": getattr(args, "proxy_dir", None),
-                 "align.cache_dir": getattr(args, "cache_dir", None)}
-    cfg = load_config(overrides=overrides)
+    from ..data.proxies import ProxySource, proxy_features
+    source = ProxySource(args.max_samples or 5000, getattr(args, "proxy_dir", None),
+                         getattr(args, "cache_dir", None))
     try:
-        x, y, info = proxy_features(name, body, cfg)
+        x, y, info = proxy_features(name, body, source)
     except UserError as exc:
         if name in _task_names():
             raise UserError(f"{exc} (to use the task '{name}' through its embedder instead, "
@@ -107,16 +103,15 @@ def _proxy_side(name: str, body, args):
 
 
 def _task_names() -> list:
-    from .tasks import list_specs
+    from ..data.registry import list_specs
     return [s.name for s in list_specs()]
 
 
 def _task_side(name: str, role: str, body, args):
-    from .align import pseudo_labels
-    from .config import TaskConfig
-    from .proxies import IMAGE_PROXIES, TEXT_PROXIES, sample_indices
-    from .tasks import REGISTRY, _load_plugins, load_task
-    _load_plugins()
+    from ..stages.align import pseudo_labels
+    from ..config import TaskConfig
+    from ..data.proxies import IMAGE_PROXIES, TEXT_PROXIES, sample_indices
+    from ..data.registry import REGISTRY, load_task
     if name not in REGISTRY and not name.startswith("npz:"):
         proxies = ", ".join(IMAGE_PROXIES + TEXT_PROXIES + ("npz:PATH",))
         what = f"a proxy ({proxies}), " if role == "source" else ""
@@ -138,7 +133,7 @@ def _task_side(name: str, role: str, body, args):
 def task_features(x: np.ndarray, input_shape, body, seq_len: int, batch: int = 256):
     """Mean-over-tokens output of a fresh embedder for the task (seeded, initialised from the
     body), as `CrossModalModel.embed` computes it."""
-    from .embedders import Embedder
+    from ..model.embedders import Embedder
     torch.manual_seed(SEED)
     embedder = Embedder(tuple(input_shape), body, seq_len)
     embedder.init_from_body(body)
@@ -151,3 +146,19 @@ def read_features_npz(path: str, role: str, need_y: bool):
     """x (N, d) float64 and y (N,) int (or None) tensors from a user's .npz."""
     x, y = artifacts.read_features_npz(path, role, need_y)
     return torch.as_tensor(x, dtype=torch.float64), None if y is None else torch.as_tensor(y)
+
+
+def distance_from_npz(source_path, target_path, inner: str = "sinkhorn",
+                      eps: float = 0.1, max_iter: int = 2000) -> dict:
+    """OTDD between two .npz files holding ``x`` (N, d) and ``y`` (N,) int (``y`` optional in
+    the target: one class). Bad input raises :class:`xmodal.errors.UserError`."""
+    xs, ys = read_features_npz(source_path, "source", need_y=True)
+    xt, yt = read_features_npz(target_path, "target", need_y=False)
+    if xs.shape[1] != xt.shape[1]:
+        raise UserError(f"source and target feature dimensions differ: "
+                        f"{xs.shape[1]} vs {xt.shape[1]}")
+    value = _otdd(xs, ys, xt, yt, inner, eps, max_iter)
+    return {"otdd": float(value), "n_source": int(xs.shape[0]), "n_target": int(xt.shape[0]),
+            "dim": int(xs.shape[1]), "inner": inner, "eps": float(eps),
+            "source_classes": int(len(np.unique(ys))),
+            "target_classes": 1 if yt is None else int(len(np.unique(yt)))}

@@ -19,9 +19,10 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import spsolve
 
-from .config import TaskConfig
-from .errors import UserError
-from .tasks import REGISTRY, TaskData, TaskSpec, register
+from ..config import TaskConfig
+from ..errors import UserError
+from .registry import REGISTRY, register
+from .types import TaskData, TaskSpec
 
 A_HIGH, A_LOW = 12.0, 3.0          # coefficient values above / below the threshold
 NORM_EPS = 1e-5                    # added to the pointwise std (as FNO's UnitGaussianNormalizer)

@@ -1,16 +1,15 @@
-"""Stage 3 (refine): the fine-tuning loop, optimisers, LR schedules and batched evaluation.
+"""Stage 3 (refine): the fine-tuning loop, from the `train` section and a few plain values.
 
 Correct where the reference code was not: the schedule never goes below zero, the scheduler
 steps once per optimizer step, the loss is divided by the accumulation count, gradients are
 clipped once on the accumulated gradient, model selection uses the validation split, and the
-metric is computed over the whole evaluation set. Training state is snapshotted after an
+metric is computed over the whole evaluation set (`optim`, `evaluate`). Training state is snapshotted after an
 epoch when `run.resume_interval` seconds have passed since the last snapshot (tensors and plain
 data only, read back with `weights_only=True`), and a resumed run continues bit-for-bit on CPU.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import sys
@@ -24,31 +23,14 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from .config import Config, TrainConfig
-from .metrics import compute_metric, make_loss
-from .model import CrossModalModel
-from .tasks import TaskData
-from .artifacts import atomic_torch_save
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf."""
-
-
-def param_groups(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> list[dict]:
-    """One group per part: embedder and predictor at `lr` x their multipliers, the rest at
-    `lr` (a model without those parts is one group)."""
-    mults = {"embedder": cfg.embedder_lr_mult, "predictor": cfg.predictor_lr_mult}
-    groups = {name: [] for name in ("body", *mults)}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            part = name.split(".", 1)[0]
-            groups[part if part in mults else "body"].append(p)
-    return [{"params": ps, "lr": lr * mults.get(part, 1.0), "name": part}
-            for part, ps in groups.items() if ps]
-
-
-START_OVER = "rerun with --force (or delete the run folder) to start this run over"
+from ..config import TrainConfig
+from ..data.types import TaskData
+from ..errors import START_OVER, TrainingDiverged, UserError, one_line
+from ..io.artifacts import atomic_torch_save
+from .device import autocast
+from .evaluate import evaluate
+from .metrics import make_loss
+from .optim import make_optimizer, make_scheduler, resolve_budget
 
 
 def read_resume(path: Path) -> Optional[dict]:
@@ -59,135 +41,8 @@ def read_resume(path: Path) -> Optional[dict]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        from .errors import UserError
         raise UserError(f"run folder file {path} cannot be resumed from ({one_line(exc)}); "
                         f"{START_OVER}") from None
-
-
-def one_line(exc: BaseException, limit: int = 160) -> str:
-    """`Type: first line of the message`, cut to `limit` characters (for one-line errors)."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def make_optimizer(params, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """`params`: a model (grouped by `param_groups`) or an iterable of parameters."""
-    if isinstance(params, torch.nn.Module):
-        params = param_groups(params, cfg, lr)
-    else:
-        params = [p for p in params if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How long fine-tuning runs: the resolved batch size, epochs and steps per epoch."""
-    batch_size: int
-    epochs: int
-    steps_per_epoch: int
-    rule: str
-
-    @property
-    def steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
-
-
-def resolve_budget(tc: TrainConfig, n_train: int) -> Budget:
-    """The training budget for `n_train` samples (README, "The training budget").
-
-    Unset `batch_size`: min(32, max(8, n_train // 8)), so a small set still gets about eight
-    steps per epoch. Unset `epochs`: enough epochs for `min_steps` optimizer steps, at most
-    `max_epochs`; a 40-sample set gets as many updates as a 40,000-sample one needs at least.
-    """
-    batch = tc.batch_size or min(32, max(8, n_train // 8))
-    batch = max(1, min(batch, n_train))
-    steps = math.ceil(math.ceil(n_train / batch) / tc.accumulate)
-    if tc.epochs is not None:
-        return Budget(batch, tc.epochs, steps, "train.epochs")
-    epochs = min(tc.max_epochs, max(1, math.ceil(tc.min_steps / steps)))
-    return Budget(batch, epochs, steps, f"auto: >= {tc.min_steps} steps, <= {tc.max_epochs} epochs")
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Linear warm-up to 1, then cosine / linear decay to 0 at `total`; never negative."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "cosine":
-        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-    return max(0.0, 1.0 - progress)
-
-
-def make_scheduler(opt, total: int, warmup: int, schedule: str):
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, warmup, schedule))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from .errors import UserError
-        raise UserError("run.device is 'cuda' but no CUDA device is available; set run.device "
-                        "to cpu or auto (--device cpu)")
-    return torch.device(name)
-
-
-def cpu_has_bf16() -> bool:
-    """True when this CPU runs bf16 matmuls natively (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def resolve_precision(device: torch.device, precision: str) -> str:
-    """`auto` -> bf16 on a CUDA device that supports it or a CPU with native bf16, else fp32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    if resolve_precision(device, precision) == "bf16" and device.type in ("cuda", "cpu"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-EVAL_BAR_DELAY = 2.0   # seconds: quick evaluations never show a bar
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: np.ndarray, batch_size: int, device: torch.device,
-            precision: str = "fp32", progress: bool = False,
-            desc: str = "evaluating") -> np.ndarray:
-    """Batched forward pass; only one batch lives on the device at a time. With `progress`, a
-    transient bar on a terminal once the pass has taken EVAL_BAR_DELAY seconds."""
-    model.eval()
-    outs = []
-    starts = range(0, len(x), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", leave=False, file=sys.stderr,
-                      disable=not (progress and sys.stderr.isatty()), delay=EVAL_BAR_DELAY,
-                      dynamic_ncols=True):
-        xb = torch.from_numpy(x[start:start + batch_size]).to(device, non_blocking=True)
-        with autocast(device, precision):
-            outs.append(model(xb).float().cpu())
-    return torch.cat(outs).numpy()
-
-
-def evaluate(model, x, y, data: TaskData, cfg: Config, device, progress: bool = False,
-             desc: str = "evaluating") -> tuple[float, dict]:
-    out = predict(model, x, cfg.train.eval_batch_size, device, cfg.run.precision, progress, desc)
-    if data.spec.kind == "dense":
-        out, y = data.decode_y(out), data.decode_y(y)
-    return compute_metric(data.spec.metric, out, y)
 
 
 @dataclass
@@ -199,15 +54,26 @@ class TrainState:
     history: list = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How batches are loaded (`run.num_workers`, `run.pin_memory`)."""
+    num_workers: int = 0
+    pin_memory: bool = False
+
+
 class Trainer:
     """Fine-tunes `model` on `data`; `run()` returns the final `TrainState`."""
 
-    def __init__(self, model: CrossModalModel, data: TaskData, cfg: Config, device: torch.device,
+    def __init__(self, model: torch.nn.Module, data: TaskData, train: TrainConfig,
+                 device: torch.device, *, seed: int = 0, precision: str = "fp32",
+                 loader: LoaderOptions = LoaderOptions(), resume_interval: float = 60.0,
                  resume_path: Optional[Path] = None, on_epoch: Optional[Callable] = None,
                  progress: bool = True):
-        self.model, self.data, self.cfg, self.device = model.to(device), data, cfg, device
+        self.model, self.data, self.tc, self.device = model.to(device), data, train, device
+        self.seed, self.precision, self.loader_opts = seed, precision, loader
+        self.resume_interval = resume_interval
         self.resume_path, self.on_epoch, self.progress = resume_path, on_epoch, progress
-        tc = cfg.train
+        tc = train
         self.loss_fn = make_loss(data.spec.kind, tc.pos_weight)
         self.budget = resolve_budget(tc, len(data.x_train))
         self.epochs = self.budget.epochs
@@ -243,13 +109,12 @@ class Trainer:
             self.sched.load_state_dict(blob["scheduler"])
             self.state = TrainState(**blob["state"])
         except Exception as exc:
-            from .errors import UserError
-            raise UserError(f"run folder file {self.resume_path} cannot be resumed from "
+                raise UserError(f"run folder file {self.resume_path} cannot be resumed from "
                             f"({one_line(exc)}); {START_OVER}") from None
         return True
 
     def _resume_due(self) -> bool:
-        return time.monotonic() - self._last_save >= self.cfg.run.resume_interval
+        return time.monotonic() - self._last_save >= self.resume_interval
 
     def _save_resume(self) -> None:
         if self.resume_path is None:
@@ -262,7 +127,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> TrainState:
-        tc = self.cfg.train
+        tc = self.tc
         metric = self.data.spec.metric
         bar = tqdm(total=self.epochs, initial=self.state.epoch, desc="fine-tuning", unit="epoch",
                    file=sys.stderr, disable=not (self.progress and sys.stderr.isatty()),
@@ -273,14 +138,12 @@ class Trainer:
             train_loss = self._train_epoch(epoch)
             val = None
             if len(self.data.x_val):
-                val, _ = evaluate(self.model, self.data.x_val, self.data.y_val, self.data,
-                                  self.cfg, self.device, self.progress, "validation")
+                val, _ = self._evaluate(self.data.x_val, self.data.y_val, "validation")
             record = {"epoch": epoch, "train_loss": train_loss, "val_metric": val,
                       "lr": self._last_lr, "seconds": time.perf_counter() - t0}
             if tc.test_each_epoch:  # for curves only; selection below uses validation
-                record["test_metric"], _ = evaluate(self.model, self.data.x_test, self.data.y_test,
-                                                    self.data, self.cfg, self.device,
-                                                    self.progress, "test")
+                record["test_metric"], _ = self._evaluate(self.data.x_test, self.data.y_test,
+                                                          "test")
             self._track_best(epoch, val)
             self.state.history.append(record)
             self.state.epoch = epoch
@@ -296,6 +159,10 @@ class Trainer:
         bar.close()
         return self.state
 
+    def _evaluate(self, x, y, desc: str):
+        return evaluate(self.model, x, y, self.data, self.device, self.tc.eval_batch_size,
+                        self.precision, self.progress, desc)
+
     def _track_best(self, epoch: int, val: Optional[float]) -> None:
         if val is None:  # no validation split: the last epoch is the one kept
             self.state.best_epoch, self.state.best_state = epoch, None
@@ -307,13 +174,14 @@ class Trainer:
 
     def _loader(self, epoch: int) -> DataLoader:
         ds = TensorDataset(torch.from_numpy(self.data.x_train), torch.from_numpy(self.data.y_train))
-        gen = torch.Generator().manual_seed(self.cfg.run.seed * 100_003 + epoch)
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         return DataLoader(ds, batch_size=self.budget.batch_size, shuffle=True, generator=gen,
-                          num_workers=self.cfg.run.num_workers, pin_memory=self.cfg.run.pin_memory)
+                          num_workers=self.loader_opts.num_workers,
+                          pin_memory=self.loader_opts.pin_memory)
 
     def _train_epoch(self, epoch: int) -> float:
-        tc, model = self.cfg.train, self.model
-        torch.manual_seed(self.cfg.run.seed * 7919 + epoch)  # dropout / augmentation RNG
+        tc, model = self.tc, self.model
+        torch.manual_seed(self.seed * 7919 + epoch)  # dropout / augmentation RNG
         model.train()
         # One iterator: tqdm.auto calls iter() on an iterable eagerly, and a second DataLoader
         # iterator would draw from the shuffle generator again (order then depends on workers).
@@ -349,18 +217,18 @@ class Trainer:
         yb = yb.to(self.device, non_blocking=True)
         if self.data.augment is not None:
             xb = self.data.augment(xb)
-        with autocast(self.device, self.cfg.run.precision):
+        with autocast(self.device, self.precision):
             out = self.model(xb).float()
         if self._decode is not None:
             out, yb = self._decode(out), self._decode(yb)
         return self.loss_fn(out, yb)
 
     def _optimizer_step(self) -> None:
-        if self.cfg.train.clip:
+        if self.tc.clip:
             params = [p for p in self.model.parameters() if p.grad is not None]
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.train.clip)
+            torch.nn.utils.clip_grad_norm_(params, self.tc.clip)
         group = self.opt.param_groups[0]   # the rate this step used, in units of train.lr
-        self._last_lr = group["lr"] * self.cfg.train.lr / group["initial_lr"]
+        self._last_lr = group["lr"] * self.tc.lr / group["initial_lr"]
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)

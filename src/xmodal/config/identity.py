@@ -1,0 +1,69 @@
+"""Run identity: which keys decide a result, and the stable hash of them that names run
+folders and keys the study store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from pathlib import Path
+
+from .derived import align_lr, align_optimizer
+from .schema import Config
+from .validate import flatten
+
+
+# Keys that change where or how fast a run goes, not what it computes.
+NON_IDENTITY_KEYS = ("run.out", "run.name", "run.num_workers", "run.pin_memory", "run.threads",
+                     "run.save_checkpoint", "run.resume_interval", "align.cache_dir", "train.eval_batch_size")
+
+
+# Keys added after run ids were first stored: left out of the hash at these (default) values,
+# so existing run folders and study stores keep their ids.
+LATE_KEYS = {"align.max_iter": 2000}
+
+
+def config_hash(cfg: Config, length: int = 10) -> str:
+    flat = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in NON_IDENTITY_KEYS
+            and not (k in LATE_KEYS and v == LATE_KEYS[k])}
+    if cfg.baseline.method != "none":  # a baseline depends on the task and its seed only
+        flat = {k: v for k, v in flat.items() if k.split(".")[0] in ("task", "baseline")
+                or k == "run.seed"}
+    blob = json.dumps(flat, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def run_id(cfg: Config) -> str:
+    """The run folder's name: `run.name`, else `<task>-<body or baseline>-<config_hash>`."""
+    if cfg.run.name:
+        return cfg.run.name
+    task = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.task.name.removeprefix("npz:")).stem)
+    model = cfg.body.name if cfg.baseline.method == "none" else cfg.baseline.method
+    body = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).name)
+    return f"{task}-{body}-{config_hash(cfg)}"
+
+
+ALIGN_VERSION = "align-v2"   # bump when the algorithm changes: invalidates stored stages
+NON_KEY_ALIGN = ("from_epoch", "cache_dir")
+
+
+def alignment_identity(cfg: Config) -> dict:
+    """Everything the trained embedder depends on (and nothing that only selects from it)."""
+    t = cfg.task
+    return {"version": ALIGN_VERSION,
+            "task": {"name": t.name, "kind": t.kind, "data_dir": t.data_dir,
+                     "max_train": t.max_train, "val_fraction": t.val_fraction,
+                     "split_seed": t.split_seed, "options": t.options},
+            "body": dataclasses.asdict(cfg.body), "embedder": dataclasses.asdict(cfg.embedder),
+            "align": {k: v for k, v in dataclasses.asdict(cfg.align).items()
+                      if k not in NON_KEY_ALIGN and LATE_KEYS.get(f"align.{k}", object()) != v},
+            "seed": cfg.run.seed, "lr": align_lr(cfg), "weight_decay": cfg.train.weight_decay,
+            "optimizer": align_optimizer(cfg), "momentum": cfg.train.momentum}
+
+
+def alignment_key(cfg: Config) -> str:
+    """The stage folder's key: runs with the same key share one trained embedder."""
+    blob = json.dumps(alignment_identity(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Infrastructure below every layer: atomic files, checkpoints, provenance, the restricted unpickler."""
