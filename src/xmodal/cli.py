@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Optional
 
+from .config.choices import FINETUNE_MODES, NO_PROXY, NPZ_PREFIX, OBJECTIVES, PROXIES, help_text
 from .errors import UserError
 
 FIT_FLAGS = [  # (flag, config key, type, help)
@@ -21,8 +22,7 @@ FIT_FLAGS = [  # (flag, config key, type, help)
     ("--batch-size", "train.batch_size", int, "batch size"),
     ("--lr", "train.lr", float, "fine-tuning learning rate"),
     ("--seed", "run.seed", int, "random seed"),
-    ("--finetune", "train.finetune", str, "all | layernorm | non-attn | freeze-embedder | "
-                                          "freeze-body | predictor-only | lora"),
+    ("--finetune", "train.finetune", str, help_text(FINETUNE_MODES)),
     ("--seq-len", "embedder.seq_len", int, "target number of tokens for 1D inputs"),
     ("--max-train", "task.max_train", int, "subsample the training set to N samples (none: all)"),
     ("--max-test", "task.max_test", int,
@@ -31,10 +31,10 @@ FIT_FLAGS = [  # (flag, config key, type, help)
     ("--out", "run.out", str, "folder for run folders"),
     ("--data-dir", "task.data_dir", str,
      "folder with NAS-Bench-360 files (none: $XMODAL_DATA_DIR)"),
-    ("--proxy", "align.proxy", str, "alignment proxy: none | digits | fakedata | cifar10 | mnist "
-                                    "| text | fake-text | npz:PATH"),
+    ("--proxy", "align.proxy", str, f"alignment proxy: {NO_PROXY} | {help_text(PROXIES)} | "
+                                    f"{NPZ_PREFIX}PATH"),
     ("--align-epochs", "align.epochs", int, "embedder (alignment) epochs"),
-    ("--align-objective", "align.objective", str, "otdd | otdd-gaussian | mmd | l2"),
+    ("--align-objective", "align.objective", str, help_text(OBJECTIVES)),
 ]
 
 
@@ -179,6 +179,14 @@ def _distance_parser(sub) -> None:
                       help="Sinkhorn iterations per solve at the final eps")
     dist.add_argument("--body", default="minilm", help="body whose embedding space is used for tasks")
     dist.add_argument("--max-samples", type=int, default=1000, help="per set, for task names")
+    dist.add_argument("--seq-len", type=int, default=16,
+                      help="target number of tokens for 1D tasks (as embedder.seq_len)")
+    dist.add_argument("--data-dir", default=None,
+                      help="folder with NAS-Bench-360 files (none: $XMODAL_DATA_DIR)")
+    dist.add_argument("--proxy-dir", default=None,
+                      help="folder with cifar10 / mnist / CoNLL files (as align.proxy_dir)")
+    dist.add_argument("--cache-dir", default=None,
+                      help="proxy feature cache (none: $XMODAL_CACHE, else ~/.cache/xmodal)")
     dist.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 

@@ -113,6 +113,11 @@ EXPERIMENTS: dict[str, Experiment] = {
 }
 
 
+# Embedder options: how the patch conv starts, and where the LayerNorm sits.
+CONV_INITS = ("orca", "torch", "trunc-normal")   # xavier gain sqrt 2 bias 0 | torch's | ORCA's naive
+NORM_ORDERS = ("pre-pos", "post-pos")            # LN(patches) + pos (ORCA) | LN(patches + pos)
+
+
 def names(table: dict) -> tuple[str, ...]:
     return tuple(table)
 

@@ -16,8 +16,8 @@ from .schema import TASK_KINDS, Config
 CHOICES = {
     "task.kind": TASK_KINDS,
     "baseline.method": (choices.NO_BASELINE, *choices.BASELINES),
-    "embedder.conv_init": ("orca", "torch", "trunc-normal"),
-    "embedder.norm_order": ("pre-pos", "post-pos"),
+    "embedder.conv_init": choices.CONV_INITS,
+    "embedder.norm_order": choices.NORM_ORDERS,
     "align.objective": choices.names(choices.OBJECTIVES),
     "align.step_per": ("epoch", "class"),
     "align.lr_rule": ("orca", "10x"),

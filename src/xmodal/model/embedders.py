@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config.choices import CONV_INITS
 from .bodies import Body
 from ..errors import UserError
 
@@ -135,10 +136,6 @@ class Embedder(nn.Module):
                 self.proj.bias.copy_(bias)
             done.append("patch filters (tiled over input channels)")
         return done
-
-
-CONV_INITS = ("orca", "torch", "trunc-normal")
-NORM_ORDERS = ("pre-pos", "post-pos")
 
 
 @torch.no_grad()

@@ -90,8 +90,8 @@ def _side(name: str, role: str, body, args):
 
 def _proxy_side(name: str, body, args):
     from ..data.proxies import ProxySource, proxy_features
-    source = ProxySource(args.max_samples or 5000, getattr(args, "proxy_dir", None),
-                         getattr(args, "cache_dir", None))
+    source = ProxySource(args.max_samples or 5000, args.proxy_dir,
+                         args.cache_dir)
     try:
         x, y, info = proxy_features(name, body, source)
     except UserError as exc:
@@ -117,14 +117,14 @@ def _task_side(name: str, role: str, body, args):
         what = f"a proxy ({proxies}), " if role == "source" else ""
         raise UserError(f"unknown {role} '{name}': expected {what}a task name "
                         f"({', '.join(REGISTRY)}), or an .npz file of features")
-    data = load_task(TaskConfig(name=name, data_dir=getattr(args, "data_dir", None)))
+    data = load_task(TaskConfig(name=name, data_dir=args.data_dir))
     if data.spec.kind == "classification":
         labels = np.asarray(data.y_train)
     else:
         labels = pseudo_labels(data.y_train, PSEUDO_K, SEED)
     idx = sample_indices(labels, args.max_samples or len(labels), seed=SEED)
     x = task_features(data.x_train[idx], data.spec.input_shape, body,
-                      getattr(args, "seq_len", None) or 16)
+                      args.seq_len)
     return x, torch.as_tensor(labels[idx]), (f"task '{name}' embedder at initialisation "
                                              f"(seed {SEED}), mean over tokens")
 
