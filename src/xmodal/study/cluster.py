@@ -213,7 +213,7 @@ class RayPool:
         """Write a marker into the study folder and ask every node whether it sees it. Raises
         a UserError naming the nodes that do not; returns warnings (nodes that did not answer)."""
         import xmodal
-        from .store import process_token, token_alive
+        from .liveness import process_token, token_alive
         out = Path(out)
         for old in out.glob(f"{MARKER_PREFIX}*"):   # left by a driver that was killed here
             try:
