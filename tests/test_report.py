@@ -110,7 +110,7 @@ def test_all_four_experiments(tmp_path):
     _proxy_part(b)
     # RQ2: OTDD falls with embedder epochs while the error rises
     otdd = {0: 10.0, 1: 8.0, 2: 6.0, 4: 4.0}
-    trace = lambda seed: [{"epoch": e, "otdd": v + 0.1 * seed, "seconds": 0.1}  # noqa: E731
+    trace = lambda seed: [{"epoch": e, "value": v + 0.1 * seed, "seconds": 0.1}  # noqa: E731
                           for e, v in otdd.items()]
     for e, errs in ((0, [0.10, 0.11, 0.12]), (1, [0.12, 0.13, 0.14]), (2, [0.15, 0.16, 0.17]),
                     (4, [0.20, 0.21, 0.22])):

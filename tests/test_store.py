@@ -9,7 +9,9 @@ import sys
 import pytest
 
 from xmodal.errors import UserError
-from xmodal.study.store import Store, process_token, token_alive
+from xmodal.study.export import export_csv
+from xmodal.study.liveness import process_token, token_alive
+from xmodal.study.store import Store
 
 
 def _run(i, task="italypower", seed=0, part="proxy", label="naive"):
@@ -75,7 +77,7 @@ def test_stale_running_runs_are_reclaimed(tmp_path):
 
 
 def test_record_done_and_failed(tmp_path):
-    trace = [{"epoch": 0, "otdd": 5.0, "seconds": 0.1}, {"epoch": 1, "otdd": 4.0, "seconds": 0.2}]
+    trace = [{"epoch": 0, "value": 5.0, "seconds": 0.1}, {"epoch": 1, "value": 4.0, "seconds": 0.2}]
     with Store(tmp_path, create=True) as store:
         store.register({"name": "s"}, [_run(0), _run(1)])
         store.claim("run000")
@@ -92,7 +94,8 @@ def test_record_done_and_failed(tmp_path):
         assert fin["run000"]["parameters"] == {"total": 10, "trainable": 5}
         assert [e["val_metric"] for e in store.epochs()["run000"]] == [0.4, 0.2]
         assert store.epochs()["run001"][0]["train_loss"] is None  # NaN stored as NULL
-        assert [t["otdd"] for t in store.align_traces()["run000"]] == [5.0, 4.0]
+        assert [t["value"] for t in store.align_traces()["run000"]] == [5.0, 4.0]
+        assert "otdd" not in store.align_traces()["run000"][0]
         failed = store.run("run001")
         assert failed["status"] == "failed" and "nan" in failed["error"]
         # re-recording replaces, never duplicates
@@ -109,7 +112,7 @@ def test_export_csv_rows_match_store(tmp_path):
             store.claim(rid)
             store.record(rid, {"status": "done", "summary": _summary(value), "history": HISTORY,
                                "seconds": 2.0})
-        path = store.export_csv(tmp_path / "out.csv")
+        path = export_csv(store, tmp_path / "out.csv")
         finals = store.finals()
     rows = list(csv.DictReader(open(path)))
     assert [r["id"] for r in rows] == ["run000", "run001"]
@@ -148,3 +151,14 @@ def test_concurrent_claims_never_overlap(tmp_path):
         p.join(timeout=60)
     claimed = [rid for r in results for rid in r]
     assert sorted(claimed) == [f"run{i:03d}" for i in range(n)]
+
+
+def test_trace_records_of_older_stages_read_back_as_value(tmp_path):
+    """Trace records keyed `otdd` (before every objective wrote `value`) are stored alike."""
+    old = [{"epoch": 0, "otdd": 3.0, "seconds": 0.1}]
+    with Store(tmp_path, create=True) as store:
+        store.register({"name": "s"}, [_run(0)])
+        store.claim("run000")
+        store.record("run000", {"status": "done", "summary": _summary(trace=old),
+                                "history": HISTORY})
+        assert [t["value"] for t in store.align_traces("run000")["run000"]] == [3.0]

@@ -6,13 +6,14 @@ The package, in the order a study goes through it:
   expand it into a `Plan` of runs (pure: no folder, no store);
 - `runner`: record the plan in the store and work through it, in-process or in worker
   processes (`execute` runs one job); `cluster`: the same on a Ray cluster (`RayPool`);
-- `store`: the SQLite results store `DIR/study.db`;
+- `store`: the SQLite results store `DIR/study.db`; `liveness`: whether the process holding a
+  run is still alive; `export`: the CSV export of the store;
 - `commands`: the `xmodal study list|run|status|export` subcommands;
 - `stats`: the statistics the report uses (scipy.stats);
 - `report`: figures, `report.md` and `report.html`, one module per research question.
 
-Imports go one way: commands -> runner -> (spec, execute, store, cluster); report -> (store,
-stats); cluster -> (execute, store).
+Imports go one way: commands -> (runner, export) -> (spec, execute, store, cluster); store ->
+liveness; report -> (store, stats); cluster -> (execute, liveness).
 """
 
 from .commands import cli, export_csv, list_text, status_text

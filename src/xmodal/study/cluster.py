@@ -33,7 +33,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ..errors import UserError
+from ..errors import UserError, one_line
+from .execute import ERROR_LIMIT
 
 INSTALL_HINT = "pip install 'xmodal[cluster]'"
 PROBE_TIMEOUT = 120.0   # seconds each node gets to answer the shared-folder check
@@ -48,13 +49,6 @@ def import_ray():
         raise UserError(f"--ray needs Ray, which is not installed ({exc}); install it with: "
                         f"{INSTALL_HINT}") from None
     return ray
-
-
-def _first_line(exc: BaseException, limit: int = 300) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else ""
-    line = line if len(line) <= limit else line[:limit] + " ..."
-    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
 def failed_result(error: str) -> dict:
@@ -174,7 +168,7 @@ class RayPool:
                     "cluster uses Ray's token authentication, set RAY_AUTH_MODE=token and give "
                     "this machine the cluster's token (~/.ray/auth_token)")
             raise UserError(f"could not connect to Ray at '{self.address}': "
-                            f"{_first_line(exc)}; {hint}") from None
+                            f"{one_line(exc, ERROR_LIMIT)}; {hint}") from None
         self.owned = True
 
     def _nodes(self) -> list[dict]:
@@ -213,7 +207,7 @@ class RayPool:
         """Write a marker into the study folder and ask every node whether it sees it. Raises
         a UserError naming the nodes that do not; returns warnings (nodes that did not answer)."""
         import xmodal
-        from .store import process_token, token_alive
+        from .liveness import process_token, token_alive
         out = Path(out)
         for old in out.glob(f"{MARKER_PREFIX}*"):   # left by a driver that was killed here
             try:
@@ -240,7 +234,7 @@ class RayPool:
             try:
                 answer = self.ray.get(ref)
             except Exception as exc:  # noqa: BLE001 - e.g. xmodal not importable there
-                bad.append(f"{refs[ref]} ({_first_line(exc)})")
+                bad.append(f"{refs[ref]} ({one_line(exc, ERROR_LIMIT)})")
                 continue
             if not answer["sees_folder"]:
                 bad.append(f"{refs[ref]} does not see {out}")
@@ -283,13 +277,13 @@ class RayPool:
                 result = ray.get(ref)
             except self.ray.exceptions.RayTaskError as exc:   # raised past execute's guard
                 cause = getattr(exc, "cause", None)
-                result = failed_result(f"the run's Ray task raised "
-                                       f"{_first_line(cause if cause is not None else exc)}")
+                cause = exc if cause is None else cause
+                result = failed_result(f"the run's Ray task raised {one_line(cause, ERROR_LIMIT)}")
                 self._note(run_id, f"driver: {result['error']}")
             except Exception as exc:  # noqa: BLE001 - worker/node died, task cancelled, ...
                 result = failed_result(
                     f"the Ray worker or node running this run died while it was in flight "
-                    f"({_first_line(exc)})")
+                    f"({one_line(exc, ERROR_LIMIT)})")
                 self._note(run_id, f"driver: {result['error']}")
             self.logs.pop(run_id, None)
             yield run_id, result

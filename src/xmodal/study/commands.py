@@ -1,5 +1,6 @@
 """The `xmodal study` subcommands (`list`, `run`, `status`, `export`): argument parsing
-helpers, the status text and the CSV export, all on top of `spec`, `runner` and `store`.
+helpers, the status text and the CSV export, all on top of `spec`, `runner`, `store` and
+`export`.
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
+from .export import export_csv as _write_csv
+from .liveness import token_alive
 from .runner import fmt_seconds, run_study
 from .spec import Plan, builtin_names, expand, is_preset_name, load_spec, parts_of
 from .store import Store
+
 
 def status_text(folder: str | Path) -> tuple[str, int]:
     """Human-readable status of a study folder and the number of failed runs."""
@@ -64,13 +68,12 @@ def status_text(folder: str | Path) -> tuple[str, int]:
 
 
 def _alive(run: dict) -> bool:
-    from .store import token_alive
     return token_alive(run.get("owner"))
 
 
 def export_csv(folder: str | Path, path: str | Path) -> Path:
     with Store(folder) as store:
-        return store.export_csv(path)
+        return _write_csv(store, path)
 
 
 def _split(value: Optional[str]) -> Optional[list[str]]:

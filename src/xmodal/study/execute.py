@@ -1,6 +1,7 @@
 """One study run, executed: `execute(job)` calls `fit` and turns any failure into a stored
-result; `worker_init` prepares a spawned worker process. Used by the local runner
-(`runner.py`) and, inside Ray workers, by the Ray executor (`cluster.py`).
+result (its one-line error, the epochs recorded before it failed); `worker_init` prepares a
+spawned worker process; `available_cores` counts the cores this process may use. Used by the
+local runner (`runner.py`) and, inside Ray workers, by the Ray executor (`cluster.py`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ import signal
 import time
 import traceback
 from pathlib import Path
+
+from ..errors import one_line
+
+ERROR_LIMIT = 300   # characters of a failed run's one-line error (store, status, report)
+
 
 def execute(job: dict) -> dict:
     """Run one configuration (in this process or a worker). Never raises for a failed run."""
@@ -25,27 +31,29 @@ def execute(job: dict) -> dict:
             from ..runs.fit import fit
             res = fit(job["config"], progress=job["progress"], log=log,
                       run_dir=Path(job["run_dir"]))
+            from ..runs.folder import Summary
             out = {"status": res.status, "summary": res.summary, "history": res.history,
-                   "error": res.summary.get("error")}
+                   "error": Summary.from_dict(res.summary).error}
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - a failed run must not stop the study
             tb = traceback.format_exc()
             log(tb)
-            history = []
-            try:
-                from ..io.artifacts import read_jsonl
-                history = read_jsonl(Path(job["run_dir"]) / "metrics.jsonl")
-            except Exception:  # noqa: BLE001
-                pass
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            out = {"status": "failed", "summary": {}, "history": history,
-                   "error": f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__,
-                   "traceback": tb}
+            out = {"status": "failed", "summary": {}, "history": _history(job["run_dir"]),
+                   "error": one_line(exc, ERROR_LIMIT), "traceback": tb}
         out["seconds"] = time.time() - started
         why = f" ({out['error']})" if out.get("error") else ""
         log(f"end {job['id']}: {out['status']}{why}")
     return out
+
+
+def _history(run_dir: str) -> list[dict]:
+    """The epochs a failed run recorded before it failed ([] when none or unreadable)."""
+    try:
+        from ..runs.folder import RunFolder
+        return RunFolder(run_dir).read_history()
+    except Exception:  # noqa: BLE001 - the failure itself is what gets reported
+        return []
 
 
 def worker_init(threads: int) -> None:

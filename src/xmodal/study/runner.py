@@ -22,8 +22,10 @@ from typing import Optional
 
 from ..errors import UserError
 from .execute import available_cores, execute, worker_init
+from .liveness import process_token
 from .spec import Plan, PlannedRun, expand, load_spec
-from .store import DB_NAME, Store, is_store, process_token
+from .store import DB_NAME, Store, is_store
+
 
 @dataclass
 class Outcome:

@@ -1,7 +1,7 @@
 """The results store of a study: one SQLite database per study folder (`DIR/study.db`).
 
 The store is the single source of truth for what a study has run: `xmodal study status`,
-`xmodal study export` and `xmodal report` read it and nothing else. Checkpoints and logs stay
+`xmodal study export` (`export.py`) and `xmodal report` read it and nothing else. Checkpoints and logs stay
 as files in the run folders; the store holds their paths (relative to the study folder).
 
 Tables
@@ -15,7 +15,8 @@ Tables
                   can serve several experiments (e.g. ORCA's default is RQ1's "text" proxy and
                   RQ3's "all / trained")
 - `epochs`        per fine-tuning epoch: train loss, validation metric (test metric if recorded)
-- `align_traces`  per embedder epoch: OTDD (or the alignment objective) and seconds
+- `align_traces`  per embedder epoch: the alignment objective's value (column `otdd`, returned
+                  as `value` by `Store.align_traces`) and seconds
 - `finals`        final metrics of a finished run (test metric of the best-validation and the
                   last weights, best epoch, parameter counts, the whole summary JSON)
 
@@ -25,21 +26,21 @@ timeout, so readers (status, report) never block a running study.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-import os
-import socket
 import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from ..errors import UserError
+from ..runs.folder import Summary
+from .liveness import process_token, token_alive
 
 SCHEMA_VERSION = 1
 DB_NAME = "study.db"
 STATUSES = ("pending", "running", "done", "failed")
+TRACE_COLUMN = "otdd"   # align_traces' value column, named before other objectives came
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -113,58 +114,6 @@ CREATE TABLE IF NOT EXISTS finals (
 CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
 CREATE INDEX IF NOT EXISTS members_run ON members(run_id);
 """
-
-
-# ----------------------------------------------------------------------------- process identity
-
-def _start_time(pid: int) -> Optional[str]:
-    """Start time of process `pid` in clock ticks since boot (Linux), to detect pid reuse."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2:].split()
-    return fields[19] if len(fields) > 19 else None
-
-
-def process_token(pid: Optional[int] = None) -> str:
-    pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or '?'}"
-
-
-def token_alive(token: Optional[str]) -> bool:
-    """Is the process named by `token` still running? Tokens from another host count as dead:
-    a study folder is run from one machine at a time."""
-    if not token:
-        return False
-    try:
-        host, pid_s, start = token.rsplit(":", 2)
-        pid = int(pid_s)
-    except ValueError:
-        return False
-    if host != socket.gethostname():
-        return False
-    if token == process_token() and pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    now = _start_time(pid)
-    if start != "?" and now is not None and now != start:
-        return False  # the pid was reused by another process
-    return _not_zombie(pid)
-
-
-def _not_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    state = stat[stat.rfind(")") + 2:].split()[:1]
-    return state != ["Z"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -363,40 +312,46 @@ class Store:
         status = result.get("status", "failed")
         if status not in ("done", "failed"):
             raise ValueError(f"cannot record status {status!r}")
-        summary = result.get("summary") or {}
-        history = result.get("history") or []
-        trace = ((summary.get("align") or {}).get("trace") or []) if isinstance(
-            summary.get("align"), dict) else []
-        now = time.time()
+        blob = result.get("summary") or {}
+        summary = Summary.from_dict(blob)
         with self.conn:
-            self.conn.execute("DELETE FROM epochs WHERE run_id=?", (run_id,))
-            self.conn.execute("DELETE FROM align_traces WHERE run_id=?", (run_id,))
-            self.conn.execute("DELETE FROM finals WHERE run_id=?", (run_id,))
-            for rec in history:
-                self.conn.execute(
-                    "INSERT OR REPLACE INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, int(rec["epoch"]), _num(rec.get("train_loss")),
-                     _num(rec.get("val_metric")), _num(rec.get("test_metric")),
-                     _num(rec.get("lr")), _num(rec.get("seconds"))))
-            for rec in trace:
-                value = rec.get("value", rec.get("otdd"))   # "otdd": stages stored before
-                self.conn.execute("INSERT OR REPLACE INTO align_traces VALUES (?, ?, ?, ?)",
-                                  (run_id, int(rec["epoch"]), _num(value),
-                                   _num(rec.get("seconds"))))
+            for table in ("epochs", "align_traces", "finals"):
+                self.conn.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
+            self._record_epochs(run_id, result.get("history") or [])
+            self._record_trace(run_id, summary)
             if status == "done":
-                self.conn.execute(
-                    "INSERT INTO finals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, summary.get("metric"), summary.get("metric_label"),
-                     summary.get("best_epoch"), _num(summary.get("best_val_metric")),
-                     _num(summary.get("test_metric_best")), _num(summary.get("test_metric_last")),
-                     _num(summary.get("last_val_metric")), _dumps(summary.get("parameters")),
-                     _dumps(summary)))
+                self._record_final(run_id, summary, blob)
             self.conn.execute(
                 "UPDATE runs SET status=?, error=?, traceback=?, finished=?, seconds=?, "
                 "owner=NULL, run_dir=COALESCE(?, run_dir) WHERE id=?",
                 (status, None if status == "done" else (result.get("error") or "failed"),
-                 result.get("traceback"), now, _num(result.get("seconds")), result.get("run_dir"),
-                 run_id))
+                 result.get("traceback"), time.time(), _num(result.get("seconds")),
+                 result.get("run_dir"), run_id))
+
+    def _record_epochs(self, run_id: str, history: list[dict]) -> None:
+        for rec in history:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO epochs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, int(rec["epoch"]), _num(rec.get("train_loss")),
+                 _num(rec.get("val_metric")), _num(rec.get("test_metric")),
+                 _num(rec.get("lr")), _num(rec.get("seconds"))))
+
+    def _record_trace(self, run_id: str, summary: Summary) -> None:
+        """The alignment trace; its `value` goes into the table's `otdd` column (the column
+        keeps its first name so that existing study.db files open and resume)."""
+        trace = (summary.align.get("trace") or []) if isinstance(summary.align, dict) else []
+        for rec in trace:
+            value = rec.get("value", rec.get("otdd"))   # "otdd": stages stored before
+            self.conn.execute("INSERT OR REPLACE INTO align_traces VALUES (?, ?, ?, ?)",
+                              (run_id, int(rec["epoch"]), _num(value), _num(rec.get("seconds"))))
+
+    def _record_final(self, run_id: str, summary: Summary, blob: dict) -> None:
+        self.conn.execute(
+            "INSERT INTO finals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, blob.get("metric"), blob.get("metric_label"), summary.best_epoch,
+             _num(summary.best_val_metric), _num(summary.test_metric_best),
+             _num(summary.test_metric_last), _num(summary.last_val_metric),
+             _dumps(summary.parameters), _dumps(blob)))
 
     # ------------------------------------------------------------------ reading
     def runs(self, status: Optional[str] = None, ids: Optional[Iterable[str]] = None) -> list[dict]:
@@ -449,7 +404,13 @@ class Store:
         return self._per_run_epochs("epochs", run_id)
 
     def align_traces(self, run_id: Optional[str] = None) -> dict[str, list[dict]]:
-        return self._per_run_epochs("align_traces", run_id)
+        """{run id: [{run_id, epoch, value, seconds}]}: the alignment objective per embedder
+        epoch (stored in the `otdd` column, whatever the objective)."""
+        traces = self._per_run_epochs("align_traces", run_id)
+        for trace in traces.values():
+            for rec in trace:
+                rec["value"] = rec.pop(TRACE_COLUMN)
+        return traces
 
     def _per_run_epochs(self, table: str, run_id: Optional[str]) -> dict[str, list[dict]]:
         sql, args = f"SELECT * FROM {table}", []
@@ -468,60 +429,3 @@ class Store:
             rec["summary"] = json.loads(rec["summary"] or "{}")
             out[rec["run_id"]] = rec
         return out
-
-    # ------------------------------------------------------------------ export
-    def export_rows(self) -> list[dict]:
-        """One row per run: identity, axes, experiments/labels, status and final metrics."""
-        runs = self.runs()
-        finals = self.finals()
-        members: dict[str, list[str]] = {}
-        for m in self.members():
-            label = m["labels"].get("label")
-            members.setdefault(m["run_id"], []).append(
-                f"{m['part']}:{label}" if label else m["part"])
-        axis_keys: list[str] = []
-        for r in runs:
-            for key in r["axes"]:
-                if key not in axis_keys and key not in ("task.name", "run.seed"):
-                    axis_keys.append(key)
-        rows = []
-        for r in runs:
-            f = finals.get(r["id"], {})
-            row = {"id": r["id"], "task": r["task"], "seed": r["seed"], "status": r["status"],
-                   "experiments": ";".join(members.get(r["id"], []))}
-            for key in axis_keys:
-                value = r["axes"].get(key, _lookup(r["config"], key))
-                row[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
-            row.update({
-                "metric": f.get("metric"), "test_metric_best": f.get("test_metric_best"),
-                "test_metric_last": f.get("test_metric_last"),
-                "best_val_metric": f.get("best_val_metric"), "best_epoch": f.get("best_epoch"),
-                "seconds": r["seconds"], "attempts": r["attempts"], "run_dir": r["run_dir"],
-                "error": r["error"]})
-            rows.append(row)
-        return rows
-
-    def export_csv(self, path: str | Path) -> Path:
-        rows = self.export_rows()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fields: list[str] = []
-        for row in rows:
-            fields += [k for k in row if k not in fields]
-        if not fields:
-            fields = ["id", "task", "seed", "status"]
-        with open(path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-        return path
-
-
-def _lookup(tree: dict, dotted: str):
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node

@@ -140,5 +140,5 @@ def _ours(part: Part, fam: Family) -> list:
 
 
 def _otdd_final(runs: list[RunView]) -> str:
-    vals = [r.trace[-1]["otdd"] for r in runs if r.trace and r.trace[-1].get("otdd") is not None]
+    vals = [r.trace[-1]["value"] for r in runs if r.trace and r.trace[-1].get("value") is not None]
     return Stat(vals).text() if vals else "-"

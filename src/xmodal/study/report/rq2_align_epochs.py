@@ -32,8 +32,8 @@ def _trace_stats(runs: list[RunView]):
     per_epoch: dict[int, list] = {}
     for trace in per_seed.values():
         for rec in trace:
-            if rec.get("otdd") is not None:
-                per_epoch.setdefault(int(rec["epoch"]), []).append(float(rec["otdd"]))
+            if rec.get("value") is not None:
+                per_epoch.setdefault(int(rec["epoch"]), []).append(float(rec["value"]))
     xs = sorted(per_epoch)
     return ({x: Stat(per_epoch[x]) for x in xs}, len(per_seed))
 

@@ -1,0 +1,85 @@
+"""CSV export of a study: one row per run, read from the store (`xmodal study export`).
+
+A row holds the run's identity (id, task, seed), the config keys the study varied (one column
+per axis; list and dict values as JSON), the study parts and labels it belongs to, its status
+and its final metrics. Nothing here writes to the store.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from .store import Store
+
+IDENTITY_AXES = ("task.name", "run.seed")   # columns of their own (task, seed)
+
+
+def export_rows(store: Store) -> list[dict]:
+    """One row per run: identity, axes, experiments/labels, status and final metrics."""
+    runs = store.runs()
+    finals = store.finals()
+    members = _member_labels(store)
+    axis_keys = _axis_keys(runs)
+    return [_row(r, finals.get(r["id"], {}), members.get(r["id"], []), axis_keys) for r in runs]
+
+
+def export_csv(store: Store, path: str | Path) -> Path:
+    """Write `export_rows(store)` to `path` as CSV (None as an empty cell); returns the path."""
+    rows = export_rows(store)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fields: list[str] = []
+    for row in rows:
+        fields += [k for k in row if k not in fields]
+    if not fields:
+        fields = ["id", "task", "seed", "status"]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return path
+
+
+def _member_labels(store: Store) -> dict[str, list[str]]:
+    """{run id: ["part:label" (or "part") for each part it belongs to]}."""
+    members: dict[str, list[str]] = {}
+    for m in store.members():
+        label = m["labels"].get("label")
+        members.setdefault(m["run_id"], []).append(f"{m['part']}:{label}" if label else m["part"])
+    return members
+
+
+def _axis_keys(runs: list[dict]) -> list[str]:
+    """The varied config keys over all runs, in first-seen order, less task and seed."""
+    keys: list[str] = []
+    for r in runs:
+        keys += [k for k in r["axes"] if k not in keys and k not in IDENTITY_AXES]
+    return keys
+
+
+def _row(run: dict, final: dict, members: list[str], axis_keys: list[str]) -> dict:
+    row = {"id": run["id"], "task": run["task"], "seed": run["seed"], "status": run["status"],
+           "experiments": ";".join(members)}
+    for key in axis_keys:
+        value = run["axes"].get(key, _lookup(run["config"], key))
+        row[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
+    row.update({
+        "metric": final.get("metric"), "test_metric_best": final.get("test_metric_best"),
+        "test_metric_last": final.get("test_metric_last"),
+        "best_val_metric": final.get("best_val_metric"), "best_epoch": final.get("best_epoch"),
+        "seconds": run["seconds"], "attempts": run["attempts"], "run_dir": run["run_dir"],
+        "error": run["error"]})
+    return row
+
+
+def _lookup(tree: dict, dotted: str):
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
