@@ -9,7 +9,7 @@ import pytest
 import scipy.io
 import torch
 
-from xmodal.data import nb360
+from xmodal.data.nb360 import fields, images, series
 from xmodal.config import load_config
 from xmodal.config import TaskConfig
 from xmodal.errors import UserError
@@ -56,14 +56,14 @@ def darcy_fields(n, s=21, seed=0):
 
 
 def write_darcy_v5(folder: Path, n_train=12, n_test=6):
-    for name, n, seed in ((nb360.DARCY_FILES["train"], n_train, 0), (nb360.DARCY_FILES["test"], n_test, 1)):
+    for name, n, seed in ((fields.DARCY_FILES["train"], n_train, 0), (fields.DARCY_FILES["test"], n_test, 1)):
         coeff, sol = darcy_fields(n, seed=seed)
         scipy.io.savemat(folder / name, {"coeff": coeff, "sol": sol})
 
 
 def write_darcy_v73(folder: Path, n_train=12, n_test=6):
     """HDF5 as MATLAB -v7.3 writes it: the axes are stored reversed."""
-    for name, n, seed in ((nb360.DARCY_FILES["train"], n_train, 0), (nb360.DARCY_FILES["test"], n_test, 1)):
+    for name, n, seed in ((fields.DARCY_FILES["train"], n_train, 0), (fields.DARCY_FILES["test"], n_test, 1)):
         coeff, sol = darcy_fields(n, seed=seed)
         with h5py.File(folder / name, "w") as f:
             f["coeff"] = coeff.transpose(2, 1, 0)
@@ -121,28 +121,28 @@ def test_cifar_normalisation_uses_standard_statistics(tmp_path):
     with open(tmp_path / "test", "rb") as fh:
         raw = pickle.load(fh, encoding="bytes")[b"data"].reshape(-1, 3, 32, 32)
     data = load("cifar100", tmp_path)
-    mean, std = nb360.CIFAR_STATS[100]
+    mean, std = images.CIFAR_STATS[100]
     np.testing.assert_allclose(data.x_test[:, 1], (raw[:, 1] / 255.0 - mean[1]) / std[1], atol=1e-5)
 
 
 def test_cifar10_task_and_reader(tmp_path):
     write_cifar(tmp_path, 10, n_train=50, n_test=10)
-    x, y = nb360.read_cifar10(tmp_path)
+    x, y = images.read_cifar10(tmp_path)
     assert x.shape == (50, 3, 32, 32) and x.dtype == np.float32 and 0 <= x.min() and x.max() <= 1
     assert y.dtype == np.int64 and y.max() <= 9
-    assert nb360.read_cifar10(tmp_path, "test")[0].shape == (10, 3, 32, 32)
+    assert images.read_cifar10(tmp_path, "test")[0].shape == (10, 3, 32, 32)
     assert load("cifar10", tmp_path).spec.n_out == 10
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="data_batch_1"):
-        nb360.read_cifar10(tmp_path / "empty")
+        images.read_cifar10(tmp_path / "empty")
 
 
 def test_random_crop_flip_is_a_seeded_crop_or_flip():
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8) + 1
     torch.manual_seed(0)
-    out = nb360.random_crop_flip(x, pad=2)
+    out = images.random_crop_flip(x, pad=2)
     torch.manual_seed(0)
-    np.testing.assert_array_equal(out, nb360.random_crop_flip(x, pad=2))
+    np.testing.assert_array_equal(out, images.random_crop_flip(x, pad=2))
     assert out.shape == x.shape
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for b in range(2):
@@ -219,7 +219,7 @@ def test_darcy_nb360_too_few_samples(tmp_path):
 
 def test_darcy_nb360_wrong_field(tmp_path):
     write_darcy_v5(tmp_path)
-    scipy.io.savemat(tmp_path / nb360.DARCY_FILES["test"], {"coef": np.zeros((6, 21, 21))})
+    scipy.io.savemat(tmp_path / fields.DARCY_FILES["test"], {"coef": np.zeros((6, 21, 21))})
     with pytest.raises(UserError, match=r"smooth2\.mat.*'coeff'"):
         load("darcy-nb360", tmp_path, options={"n_train": 10, "n_test": 4})
 
@@ -277,7 +277,7 @@ def test_ecg_split_by_recording_windows_and_strides(tmp_path):
     data_raw, labels = write_ecg(tmp_path)
     data = load("ecg", tmp_path)
     assert data.spec.input_shape == (1, 1000) and data.spec.metric == "1-macro-f1"
-    records, y = nb360.read_ecg(tmp_path / "challenge2017.pkl")
+    records, y = series.read_ecg(tmp_path / "challenge2017.pkl")
     assert abs(records[1].mean()) < 1e-5 and abs(records[1].std() - 1) < 1e-4   # z-scored
     index = _window_sources(records)
     owners = {s: {index[w[0, :8].tobytes()] for w in getattr(data, f"x_{s}")}
@@ -293,7 +293,7 @@ def test_ecg_split_by_recording_windows_and_strides(tmp_path):
     assert len(data.x_test) == expected
     # train strides depend on the class (N 500, A 83, O 250, ~ 25)
     train_ids = owners["train"]
-    n_expected = sum((max(len(records[i]), 1000) - 1000) // nb360.ECG_TRAIN_STRIDE[y[i]] + 1
+    n_expected = sum((max(len(records[i]), 1000) - 1000) // series.ECG_TRAIN_STRIDE[y[i]] + 1
                      for i in train_ids)
     assert len(data.x_train) == n_expected
     for c in range(4):
@@ -402,7 +402,7 @@ def test_cifar_test_split_decodes_to_the_files_pixels_and_labels(classes, tmp_pa
     np.testing.assert_allclose(data.x_test, (pixels - mean) / std, atol=1e-5)
     np.testing.assert_array_equal(data.y_test, labels)
     if classes == 10:
-        x, y = nb360.read_cifar10(tmp_path)
+        x, y = images.read_cifar10(tmp_path)
         first = _pickled(tmp_path / "data_batch_1")
         np.testing.assert_allclose(x[:10], first[b"data"].reshape(-1, 3, 32, 32) / 255.0,
                                    atol=1e-7)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from xmodal.data import proxies
+from xmodal.data.proxies import features as proxies
+from xmodal.data.proxies import text as text_proxies
 from xmodal.model.bodies import load_body
 from xmodal.config import BodyConfig, load_config
 from xmodal.errors import UserError
@@ -130,7 +131,7 @@ London NNP B-NP B-LOC
 def test_text_from_conll_files(text_body, tmp_path):
     (tmp_path / "eng.train").write_text(CONLL * 3)
     cfg = cfg_for(tmp_path / "c", 1000, **{"align.proxy_dir": str(tmp_path)})
-    sentences, tags = proxies.read_conll([tmp_path / "eng.train"])
+    sentences, tags = text_proxies.read_conll([tmp_path / "eng.train"])
     assert len(sentences) == 6 and tags[1][:2] == ["B-PER", "I-PER"]
     x, y, info = proxy_features("text", text_body, cfg)
     assert x.shape == (27, 384) and info["level"] == "token"

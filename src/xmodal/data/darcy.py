@@ -3,7 +3,7 @@
 Owns the finite-difference solver for -div(a grad u) = f on the unit square with u = 0 on the
 boundary, the thresholded Gaussian-random-field coefficients of NAS-Bench-360 / FNO (a = 12 where
 the field is >= 0, else 3), the on-disk cache of generated samples, and the code shared with
-`darcy-nb360` (nb360.py) that turns (coeff, sol) fields into a dense `TaskData`: pointwise
+`darcy-nb360` (nb360/fields.py) that turns (coeff, sol) fields into a dense `TaskData`: pointwise
 normalisation with train statistics plus two grid-coordinate input channels.
 """
 

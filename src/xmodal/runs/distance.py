@@ -74,7 +74,7 @@ def _is_npz(name: str) -> bool:
 
 def _side(name: str, role: str, body, args):
     """(features, labels or None, description) for one side of the distance."""
-    from ..data.proxies import IMAGE_PROXIES, TEXT_PROXIES
+    from ..config.choices import IMAGE_PROXIES, TEXT_PROXIES
     if _is_npz(name):
         x, y = read_features_npz(name, role, need_y=role == "source")
         return x, y, f"features from {name}"
@@ -110,7 +110,8 @@ def _task_names() -> list:
 def _task_side(name: str, role: str, body, args):
     from ..stages.align import pseudo_labels
     from ..config import TaskConfig
-    from ..data.proxies import IMAGE_PROXIES, TEXT_PROXIES, sample_indices
+    from ..config.choices import IMAGE_PROXIES, TEXT_PROXIES
+    from ..data.proxies import sample_indices
     from ..data.registry import REGISTRY, load_task
     if name not in REGISTRY and not name.startswith("npz:"):
         proxies = ", ".join(IMAGE_PROXIES + TEXT_PROXIES + ("npz:PATH",))
