@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
+from ..runs.folder import Summary
 from .execute import available_cores, execute, worker_init
 from .liveness import process_token
 from .spec import Plan, PlannedRun, expand, load_spec
@@ -172,14 +173,9 @@ def _run_study_ray(spec, out, tasks, seeds, overrides, workers, fresh, quiet, pr
 def _run_plan(plan: Plan, store: Store, out: Path, workers: int, quiet: bool,
               progress: bool, runner=None, notes: Optional[list[str]] = None) -> Outcome:
     started = time.time()
-    store.register({"name": plan.name, "description": plan.description,
-                    "experiment": plan.experiment, "spec": plan.spec},
-                   [{"id": r.id, "task": r.task, "seed": r.seed, "config": r.config.to_dict(),
-                     "axes": r.axes, "run_dir": os.path.relpath(r.run_dir, out),
-                     "members": r.members} for r in plan.runs])
+    _register(plan, store, out)
     reclaimed = store.reclaim_stale()
     statuses = store.statuses()
-    by_id = {r.id: r for r in plan.runs}
     already = sum(statuses.get(r.id) == "done" for r in plan.runs)
     console = _Console(len(plan.runs), already, plan.name, quiet)
     workers = min(workers, max(1, len(plan.runs) - already))
@@ -190,95 +186,125 @@ def _run_plan(plan: Plan, store: Store, out: Path, workers: int, quiet: bool,
                   f"; {workers} run(s) at a time)"))
     for note in (notes or []) + plan.notes:
         console.line(f"note: {note}")
-    token = process_token()
-    failed: list = []
-    attempted: set = set()
     if runner is None:
         runner = _InProcess(progress and not quiet) if workers == 1 else \
             _Pool(workers, max(1, available_cores() // workers))
-    in_flight: dict[str, PlannedRun] = {}
-    groups_done: set = set()
+    loop = _Loop(plan, store, out, workers, runner, console)
+    loop.run()
+    final = store.statuses()
+    done = sum(final.get(r.id) == "done" for r in plan.runs)
+    return Outcome(len(plan.runs), done, loop.failed, already, time.time() - started)
 
-    def job(run: PlannedRun) -> dict:
+
+def _register(plan: Plan, store: Store, out: Path) -> None:
+    store.register({"name": plan.name, "description": plan.description,
+                    "experiment": plan.experiment, "spec": plan.spec},
+                   [{"id": r.id, "task": r.task, "seed": r.seed, "config": r.config.to_dict(),
+                     "axes": r.axes, "run_dir": os.path.relpath(r.run_dir, out),
+                     "members": r.members} for r in plan.runs])
+
+
+class _Loop:
+    """Claims the plan's runs one by one, hands them to the runner (in-process, a pool or Ray),
+    and records each result in the store as it arrives. Runs of one alignment group wait until
+    the first of them has filled the shared embedder cache."""
+
+    def __init__(self, plan: Plan, store: Store, out: Path, workers: int, runner, console):
+        self.plan, self.store, self.out, self.workers = plan, store, out, workers
+        self.runner, self.console = runner, console
+        self.by_id = {r.id: r for r in plan.runs}
+        self.token = process_token()
+        self.failed: list = []
+        self.attempted: set = set()
+        self.in_flight: dict[str, PlannedRun] = {}
+        self.groups_done: set = set()
+
+    def run(self) -> None:
+        previous = {}
+        if sys.platform != "win32":
+            previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            while self._step():
+                pass
+        except KeyboardInterrupt:
+            for run_id in list(self.in_flight):
+                self.store.release(run_id)
+            self.runner.terminate()
+            self.console.close()
+            raise
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        self.runner.close()
+        self.console.close()
+
+    def _step(self) -> bool:
+        """Start what can start, collect what finished; False when nothing is left to do."""
+        self._fill()
+        if self.in_flight:
+            for run_id, result in self.runner.wait():
+                self._finish(run_id, result)
+            return True
+        # nothing to start here: wait for runs another process holds, if any
+        self.store.reclaim_stale()
+        current = self.store.statuses()
+        others = [r for r in self.plan.runs if current.get(r.id) == "running"]
+        if any(current.get(r.id) == "pending" and r.id not in self.attempted
+               for r in self.plan.runs):
+            return True
+        if not others:
+            return False
+        self.console.line(f"waiting for {len(others)} run(s) held by another process ...")
+        time.sleep(5.0)
+        return True
+
+    def _fill(self) -> None:
+        while len(self.in_flight) < self.workers:
+            run = self._next_run()
+            if run is None:
+                return
+            self.in_flight[run.id] = run
+            self.runner.submit(run.id, self._job(run))
+            if self.workers > 1:
+                self.console.running([r.describe() for r in self.in_flight.values()],
+                                     run.describe())
+
+    def _job(self, run: PlannedRun) -> dict:
         return {"id": run.id, "config": run.config, "run_dir": str(run.run_dir),
-                "log": str(out / "logs" / f"{run.id}.log"), "describe": run.describe(),
-                "progress": runner.progress}
+                "log": str(self.out / "logs" / f"{run.id}.log"), "describe": run.describe(),
+                "progress": self.runner.progress}
 
-    def finish(run_id: str, result: dict) -> None:
-        run = by_id[run_id]
-        in_flight.pop(run_id, None)
-        result["run_dir"] = os.path.relpath(run.run_dir, out)
-        store.record(run_id, result)
-        if result["status"] == "done":
-            if run.align_group():
-                groups_done.add(run.align_group())
-            s = result["summary"]
-            msg = (f"done {run.describe()}: test {s.get('metric')} "
-                   f"{_fmt(s.get('test_metric_best'))} ({result['seconds']:.0f}s)")
-        else:
-            failed.append((run, result.get("error")))
-            msg = f"FAILED {run.describe()}: {result.get('error')}"
-        console.advance(msg)
-        if workers > 1:
-            console.running([r.describe() for r in in_flight.values()])
-
-    def next_run() -> Optional[PlannedRun]:
-        busy_groups = {r.align_group() for r in in_flight.values()} - {None}
-        current = store.statuses()
-        for run in plan.runs:
-            if run.id in attempted or current.get(run.id) not in ("pending", "failed"):
+    def _next_run(self) -> Optional[PlannedRun]:
+        busy_groups = {r.align_group() for r in self.in_flight.values()} - {None}
+        current = self.store.statuses()
+        for run in self.plan.runs:
+            if run.id in self.attempted or current.get(run.id) not in ("pending", "failed"):
                 continue
             group = run.align_group()
-            if group in busy_groups and group not in groups_done:
+            if group in busy_groups and group not in self.groups_done:
                 continue  # let the first run of this alignment fill the cache
-            if store.claim(run.id, token):
-                attempted.add(run.id)
+            if self.store.claim(run.id, self.token):
+                self.attempted.add(run.id)
                 return run
         return None
 
-    previous = {}
-    if sys.platform != "win32":
-        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        while True:
-            while len(in_flight) < workers:
-                run = next_run()
-                if run is None:
-                    break
-                in_flight[run.id] = run
-                runner.submit(run.id, job(run))
-                if workers > 1:
-                    console.running([r.describe() for r in in_flight.values()], run.describe())
-            if in_flight:
-                for run_id, result in runner.wait():
-                    finish(run_id, result)
-                continue
-            # nothing to start here: wait for runs another process holds, if any
-            store.reclaim_stale()
-            current = store.statuses()
-            others = [r for r in plan.runs if current.get(r.id) == "running"]
-            retry = [r for r in plan.runs if current.get(r.id) == "pending"
-                     and r.id not in attempted]
-            if retry:
-                continue
-            if not others:
-                break
-            console.line(f"waiting for {len(others)} run(s) held by another process ...")
-            time.sleep(5.0)
-    except KeyboardInterrupt:
-        for run_id in list(in_flight):
-            store.release(run_id)
-        runner.terminate()
-        console.close()
-        raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    runner.close()
-    console.close()
-    final = store.statuses()
-    done = sum(final.get(r.id) == "done" for r in plan.runs)
-    return Outcome(len(plan.runs), done, failed, already, time.time() - started)
+    def _finish(self, run_id: str, result: dict) -> None:
+        run = self.by_id[run_id]
+        self.in_flight.pop(run_id, None)
+        result["run_dir"] = os.path.relpath(run.run_dir, self.out)
+        self.store.record(run_id, result)
+        if result["status"] == "done":
+            if run.align_group():
+                self.groups_done.add(run.align_group())
+            s = Summary.from_dict(result["summary"])
+            msg = (f"done {run.describe()}: test {s.metric} {_fmt(s.test_metric_best)} "
+                   f"({result['seconds']:.0f}s)")
+        else:
+            self.failed.append((run, result.get("error")))
+            msg = f"FAILED {run.describe()}: {result.get('error')}"
+        self.console.advance(msg)
+        if self.workers > 1:
+            self.console.running([r.describe() for r in self.in_flight.values()])
 
 
 def _raise_interrupt(signum, frame):  # noqa: ARG001

@@ -12,6 +12,7 @@ belong to several experiments. Nothing here touches the study folder or the stor
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,11 +23,11 @@ from typing import Optional
 from ..config import (Config, config_hash, from_dict, parse_override, parse_yaml,
                       read_text_file, set_dotted)
 from ..config.bodies import body_family
+from ..config.choices import BASELINES, EXPERIMENTS
 from ..config.derived import aligns
 from ..config.identity import alignment_key, run_id
 from ..errors import UserError
 
-EXPERIMENTS = ("proxy", "align-epochs", "freezing", "pretraining", "custom", "baselines")
 SPEC_KEYS = {"name", "description", "experiment", "base", "tasks", "seeds", "axes", "variants",
              "parts", "set", "notes", "workers"}
 PART_KEYS = {"name", "experiment", "description", "tasks", "seeds", "axes", "variants", "set",
@@ -133,7 +134,7 @@ def _validate_part(part: dict, where: str, fail) -> None:
     if "set" in part and not isinstance(part["set"], dict):
         fail(f"{where}: 'set' must be a mapping of config keys")
     if "methods" in part:
-        from ..runs.baselines import METHODS
+        METHODS = tuple(BASELINES)
         methods = part["methods"]
         if exp != "baselines":
             fail(f"{where}: 'methods' belongs to a part with experiment: baselines")
@@ -312,8 +313,6 @@ def _flat_set(mapping: Optional[dict], prefix: str = "") -> dict:
     return out
 
 
-
-
 def expand(spec: dict, out: str | Path, tasks: Optional[list[str]] = None,
            seeds: Optional[list[int]] = None, overrides: Optional[list[str]] = None) -> Plan:
     """All runs of a study: parts x tasks x variants x axes grid x seeds, deduplicated by id.
@@ -327,85 +326,103 @@ def expand(spec: dict, out: str | Path, tasks: Optional[list[str]] = None,
     for key, _ in cli:
         if key in RUNNER_KEYS:
             raise UserError(f"config key '{key}' is set by the study runner; use --out DIR")
-    runs: dict[str, PlannedRun] = {}
-    notes: list[str] = []
-    order: list[tuple] = []
-    parts = parts_of(spec)
-    for p_idx, part in enumerate(parts):
-        experiment = part.get("experiment", "custom")
-        part_tasks = _task_entries(part.get("tasks", spec.get("tasks") or []), tasks)
+    plan = _PlanBuilder(spec, out, cli)
+    for p_idx, part in enumerate(parts_of(spec)):
         part_seeds = list(seeds) if seeds else list(part.get("seeds") or spec.get("seeds") or [0])
         axes = part.get("axes") or {}
         grid = list(itertools.product(*axes.values())) if axes else [()]
+        part_tasks = _task_entries(part.get("tasks", spec.get("tasks") or []), tasks)
         for t_idx, task in enumerate(part_tasks):
-            variants = (baseline_variants(part, task["name"]) if experiment == "baselines"
-                        else part.get("variants") or [None])
-            for v_idx, variant in enumerate(variants):
-                for g_idx, values in enumerate(grid):
-                    for seed in part_seeds:
-                        tree = copy.deepcopy(spec.get("base") or {})
-                        _apply(tree, {"task.name": task["name"]})
-                        _apply(tree, task.get("preset_tree"))
-                        _apply(tree, spec.get("set"))
-                        if "parts" in spec:
-                            _apply(tree, part.get("set"))
-                        _apply(tree, task.get("set"))
-                        for key, value in cli:
-                            _apply(tree, {key: value})
-                        body = (tree.get("body") or {}).get("name", "minilm")
-                        if variant and variant.get("if_body") and \
-                                body_family(body) != variant["if_body"]:
-                            continue
-                        _apply(tree, (variant or {}).get("set"))
-                        axis_vals = dict(zip(axes.keys(), values))
-                        _apply(tree, axis_vals)
-                        _apply(tree, {"run.seed": seed})
-                        where = (f"study '{spec['name']}', part '{part['name']}', task "
-                                 f"'{task['name']}'" + (f", variant '{variant['label']}'"
-                                                        if variant else ""))
-                        cfg = _resolve(tree, out, where)
-                        if cfg is None:
-                            notes.append(f"{where}{_axis_text(axis_vals)}: skipped "
-                                         f"(align.from_epoch > align.epochs)")
-                            continue
-                        rid = config_hash(cfg)
-                        varied = {"task.name": task["name"], "run.seed": seed,
-                                  **_flat_set(task.get("set")),
-                                  **_flat_set((variant or {}).get("set")), **axis_vals}
-                        label = " / ".join(([str(variant["label"])] if variant else []) +
-                                           [str(v) for v in axis_vals.values()]) or None
-                        labels = {"label": label, "variant": variant["label"] if variant else None,
-                                  **({"preset": task["preset"]} if task.get("preset") else {}),
-                                  **(task.get("tags") or {}), **((variant or {}).get("tags") or {}),
-                                  "axes": axis_vals, "task": task["name"], "seed": seed}
-                        member = (part["name"], experiment, labels)
-                        if rid not in runs:
-                            runs[rid] = PlannedRun(rid, cfg, task["name"], seed, varied,
-                                                   out / "runs" / run_id(cfg))
-                            order.append((part_seeds.index(seed), p_idx, t_idx, v_idx, g_idx, rid))
-                        else:
-                            runs[rid].axes = {**runs[rid].axes, **varied}
-                        if not any(m[0] == part["name"] for m in runs[rid].members):
-                            runs[rid].members.append(member)
-    ordered = [runs[o[-1]] for o in sorted(order, key=lambda o: o[:-1])]
+            for (v_idx, variant), (g_idx, values), seed in itertools.product(
+                    enumerate(_variants(part, task)), enumerate(grid), part_seeds):
+                where = (part_seeds.index(seed), p_idx, t_idx, v_idx, g_idx)
+                plan.add(part, task, variant, dict(zip(axes, values)), seed, where)
+    ordered = [plan.runs[o[-1]] for o in sorted(plan.order, key=lambda o: o[:-1])]
     if not ordered:
         raise UserError(f"study '{spec['name']}' expands to no runs (check tasks, seeds, "
                         f"variants' if_body and align.from_epoch values)")
     return Plan(spec["name"], spec.get("description", ""),
                 "multi" if "parts" in spec else spec.get("experiment", "custom"), spec, ordered,
-                notes)
+                plan.notes)
+
+
+def _variants(part: dict, task: dict) -> list:
+    if part.get("experiment", "custom") == "baselines":
+        return baseline_variants(part, task["name"])
+    return part.get("variants") or [None]
+
+
+class _PlanBuilder:
+    """Collects the runs of a plan: one `PlannedRun` per distinct configuration, with one
+    membership per part that asked for it."""
+
+    def __init__(self, spec: dict, out: Path, cli: list):
+        self.spec, self.out, self.cli = spec, out, cli
+        self.runs: dict[str, PlannedRun] = {}
+        self.notes: list[str] = []
+        self.order: list[tuple] = []
+
+    def tree(self, part: dict, task: dict) -> dict:
+        """The config tree of a part and task, before variant and axis values."""
+        tree = copy.deepcopy(self.spec.get("base") or {})
+        _apply(tree, {"task.name": task["name"]})
+        _apply(tree, task.get("preset_tree"))
+        _apply(tree, self.spec.get("set"))
+        if "parts" in self.spec:
+            _apply(tree, part.get("set"))
+        _apply(tree, task.get("set"))
+        for key, value in self.cli:
+            _apply(tree, {key: value})
+        return tree
+
+    def add(self, part: dict, task: dict, variant: Optional[dict], axis_vals: dict, seed: int,
+            where: tuple) -> None:
+        tree = self.tree(part, task)
+        body = (tree.get("body") or {}).get("name", "minilm")
+        if variant and variant.get("if_body") and body_family(body) != variant["if_body"]:
+            return
+        _apply(tree, (variant or {}).get("set"))
+        _apply(tree, axis_vals)
+        _apply(tree, {"run.seed": seed})
+        text = (f"study '{self.spec['name']}', part '{part['name']}', task '{task['name']}'"
+                + (f", variant '{variant['label']}'" if variant else ""))
+        cfg = _resolve(tree, self.out, text)
+        if cfg is None:
+            self.notes.append(f"{text}{_axis_text(axis_vals)}: skipped "
+                              f"(align.from_epoch > align.epochs)")
+            return
+        self._member(cfg, part, task, variant, axis_vals, seed, where)
+
+    def _member(self, cfg: Config, part: dict, task: dict, variant: Optional[dict],
+                axis_vals: dict, seed: int, where: tuple) -> None:
+        rid = config_hash(cfg)
+        varied = {"task.name": task["name"], "run.seed": seed, **_flat_set(task.get("set")),
+                  **_flat_set((variant or {}).get("set")), **axis_vals}
+        label = " / ".join(([str(variant["label"])] if variant else []) +
+                           [str(v) for v in axis_vals.values()]) or None
+        labels = {"label": label, "variant": variant["label"] if variant else None,
+                  **({"preset": task["preset"]} if task.get("preset") else {}),
+                  **(task.get("tags") or {}), **((variant or {}).get("tags") or {}),
+                  "axes": axis_vals, "task": task["name"], "seed": seed}
+        if rid not in self.runs:
+            self.runs[rid] = PlannedRun(rid, cfg, task["name"], seed, varied,
+                                        self.out / "runs" / run_id(cfg))
+            self.order.append((*where, rid))
+        else:
+            self.runs[rid].axes = {**self.runs[rid].axes, **varied}
+        if not any(m[0] == part["name"] for m in self.runs[rid].members):
+            self.runs[rid].members.append((part["name"], part.get("experiment", "custom"), labels))
 
 
 def baseline_variants(part: dict, task: str) -> list[dict]:
     """A `baselines` part: one variant per domain method (`methods`, default all) that applies
     to the task; a task xmodal does not know before loading (npz) keeps the methods given."""
-    from ..runs.baselines import METHODS, applies
-    from ..data.registry import REGISTRY, list_specs
-    list_specs()
-    methods = part.get("methods") or list(METHODS)
+    from ..data.registry import REGISTRY
+    methods = part.get("methods") or list(BASELINES)
     spec = REGISTRY[task].spec if task in REGISTRY else None
     return [{"label": m, "set": {"baseline.method": m}} for m in methods
-            if spec is None or applies(m, spec)]
+            if spec is None or (spec.kind in BASELINES[m].kinds
+                                and spec.modality in BASELINES[m].modalities)]
 
 
 def _axis_text(values: dict) -> str:
@@ -421,12 +438,13 @@ def _resolve(tree: dict, out: Path, where: str) -> Optional[Config]:
         cfg = from_dict(tree)
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None
-    aligned = cfg.align.proxy != "none" and cfg.align.epochs > 0
-    if cfg.align.from_epoch is not None:
-        if not aligned or cfg.align.from_epoch == cfg.align.epochs:
-            cfg.align.from_epoch = None       # "last epoch" (or no alignment at all)
-        elif cfg.align.from_epoch > cfg.align.epochs:
-            return None
-        elif cfg.align.from_epoch < 0:
-            raise UserError(f"{where}: align.from_epoch must be >= 0")
+    epoch = cfg.align.from_epoch
+    if epoch is None:
+        return cfg
+    if not aligns(cfg) or epoch == cfg.align.epochs:   # "last epoch" (or no alignment at all)
+        return dataclasses.replace(cfg, align=dataclasses.replace(cfg.align, from_epoch=None))
+    if epoch > cfg.align.epochs:
+        return None
+    if epoch < 0:
+        raise UserError(f"{where}: align.from_epoch must be >= 0")
     return cfg

@@ -11,17 +11,12 @@ from typing import Optional
 
 import numpy as np
 
+from ...config.choices import EXPERIMENTS
 from ..stats import Stat
 from ..store import Store
 
 
-EXPERIMENT_TITLES = {
-    "proxy": "RQ1: does the proxy dataset (or embedder training at all) matter?",
-    "align-epochs": "RQ2: does more embedder training (lower OTDD) give lower error?",
-    "freezing": "RQ3: which components need fine-tuning?",
-    "pretraining": "RQ4: how much does the body's pre-training matter?",
-    "custom": "Custom study",
-}
+EXPERIMENT_TITLES = {name: row.title for name, row in EXPERIMENTS.items()}
 # The ablation paper's findings (arXiv 2403.13537), for the side-by-side that ends each section.
 PAPER_FINDINGS = {
     "proxy": "The choice of proxy dataset does not matter; embedder training does not help 2D "

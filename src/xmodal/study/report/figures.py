@@ -78,12 +78,6 @@ def collect_legend(axes) -> tuple:
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
           "#7f7f7f", "#bcbd22", "#17becf"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-MODE_STYLE = {"all": ("#1f77b4", "o", "-"), "freeze-embedder": ("#ff7f0e", "s", "--"),
-              "non-attn": ("#9467bd", "v", "-"), "layernorm": ("#17becf", "P", "-"),
-              "lora": ("#bcbd22", "X", "-"), "freeze-body": ("#2ca02c", "^", "-"),
-              "predictor-only": ("#d62728", "D", ":")}
-
-
 def curves_figure(part: Part, path: Path, key, order: list, title: str,
                    styles=None) -> Optional[Path]:
     tasks = [t for t in part.tasks() if part.done(t)]

@@ -47,53 +47,18 @@ def section_align_epochs(part: Part, out: Path) -> Section:
         fig, axes = panel_grid(len(tasks), ncols_max=2, w=6.0, h=4.0)
         twins = []
         for ax, task in zip(axes, tasks):
-            done = part.done(task)
-            aligned = [r for r in done if r.aligned]
-            naive = [r for r in done if not r.aligned]
-            trace, n_traces = _trace_stats(aligned)
-            metric = metric_label(done)
-            ax2 = ax.twinx()
-            twins.append(ax2)
-            ax2.spines["right"].set_visible(True)
-            if trace:
-                xs = np.array(list(trace))
-                m = np.array([trace[x].mean for x in xs])
-                s = np.array([trace[x].std or 0.0 for x in xs])
-                ax.plot(xs, m, "-", color="#1f77b4", lw=1.8, label="OTDD (proxy vs target)")
-                if n_traces > 1:
-                    band(ax, xs, m, s, "#1f77b4")
-            by_epoch = group(aligned, _from_epoch)
-            ex = sorted(by_epoch)
-            em = [stat_of(by_epoch[e]).mean for e in ex]
-            es = [stat_of(by_epoch[e]).std or 0.0 for e in ex]
-            ax2.errorbar(ex, em, yerr=es, fmt="s-", color="#d62728", capsize=4, lw=1.8, ms=6,
-                         label=f"test {metric} after fine-tuning")
-            if naive:
-                st = stat_of(naive)
-                ax2.axhline(st.mean, color="black", ls="--", lw=1.2,
-                            label="naive fine-tuning (no embedder training)")
-            ax.set_title(task)
-            ax.set_xlabel("embedder (alignment) epoch")
-            ax.set_ylabel("OTDD to proxy (lower = closer)", color="#1f77b4")
-            ax.tick_params(axis="y", colors="#1f77b4")
-            ax2.set_ylabel(f"test {metric}\n(lower is better)", color="#d62728")
-            ax2.tick_params(axis="y", colors="#d62728")
-            ax.grid(alpha=0.3)
-            ax.xaxis.get_major_locator().set_params(integer=True)
-            for e in ex:
-                rows.append([task, str(e), trace[e].text() if e in trace else "-",
-                             str(stat_of(by_epoch[e]).n), stat_of(by_epoch[e]).text()])
-            if naive:
-                rows.append([task, "naive", "-", str(stat_of(naive).n), stat_of(naive).text()])
-            rhos[task] = _rho(trace, by_epoch)
-            sentences.append(_align_sentence(task, metric, trace, by_epoch, fam, rhos[task]))
+            view = _TaskView(part.done(task))
+            twins.append(_panel(ax, task, view))
+            rows += _rows(task, view)
+            rhos[task] = _rho(view.trace, view.by_epoch)
+            sentences.append(_align_sentence(task, view.metric, view.trace, view.by_epoch, fam,
+                                             rhos[task]))
         seeds = max(len({r.seed for r in part.done(t)}) for t in tasks)
         suptitle(fig, "RQ2 embedder training: OTDD per embedder epoch (blue, left axis) and "
-                       "test error after fine-tuning from that epoch's embedder (red, right "
-                       f"axis); mean ± 1 std over {seeds} seed(s)")
+                      "test error after fine-tuning from that epoch's embedder (red, right "
+                      f"axis); mean ± 1 std over {seeds} seed(s)")
         reference_lines(axes, part.refs, twins)
-        path = save(fig, out / fig_name("rq2", part),
-                     collect_legend(axes + twins), ncol=3)
+        path = save(fig, out / fig_name("rq2", part), collect_legend(axes + twins), ncol=3)
         sec.blocks.append(("img", path,
                            f"{part.name}: OTDD and downstream error per embedder epoch"))
     sec.blocks.append(("table", ["task", "embedder epoch", "OTDD", "seeds",
@@ -101,6 +66,59 @@ def section_align_epochs(part: Part, out: Path) -> Section:
     sec.blocks.append(("ul", sentences or ["No finished aligned runs yet."]))
     sec.blocks.append(paper_vs_ours("align-epochs", _ours(fam, rhos)))
     return sec
+
+
+class _TaskView:
+    """One task's runs as RQ2 reads them: the OTDD trace over seeds and the runs per epoch."""
+
+    def __init__(self, done: list):
+        aligned = [r for r in done if r.aligned]
+        self.naive = [r for r in done if not r.aligned]
+        self.trace, self.n_traces = _trace_stats(aligned)
+        self.by_epoch = group(aligned, _from_epoch)
+        self.metric = metric_label(done)
+
+
+def _panel(ax, task: str, view: _TaskView):
+    """OTDD per embedder epoch (left axis) and the error after fine-tuning (right); returns the
+    twin axis."""
+    ax2 = ax.twinx()
+    ax2.spines["right"].set_visible(True)
+    trace = view.trace
+    if trace:
+        xs = np.array(list(trace))
+        m = np.array([trace[x].mean for x in xs])
+        s = np.array([trace[x].std or 0.0 for x in xs])
+        ax.plot(xs, m, "-", color="#1f77b4", lw=1.8, label="OTDD (proxy vs target)")
+        if view.n_traces > 1:
+            band(ax, xs, m, s, "#1f77b4")
+    ex = sorted(view.by_epoch)
+    em = [stat_of(view.by_epoch[e]).mean for e in ex]
+    es = [stat_of(view.by_epoch[e]).std or 0.0 for e in ex]
+    ax2.errorbar(ex, em, yerr=es, fmt="s-", color="#d62728", capsize=4, lw=1.8, ms=6,
+                 label=f"test {view.metric} after fine-tuning")
+    if view.naive:
+        ax2.axhline(stat_of(view.naive).mean, color="black", ls="--", lw=1.2,
+                    label="naive fine-tuning (no embedder training)")
+    ax.set_title(task)
+    ax.set_xlabel("embedder (alignment) epoch")
+    ax.set_ylabel("OTDD to proxy (lower = closer)", color="#1f77b4")
+    ax.tick_params(axis="y", colors="#1f77b4")
+    ax2.set_ylabel(f"test {view.metric}\n(lower is better)", color="#d62728")
+    ax2.tick_params(axis="y", colors="#d62728")
+    ax.grid(alpha=0.3)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    return ax2
+
+
+def _rows(task: str, view: _TaskView) -> list:
+    rows = [[task, str(e), view.trace[e].text() if e in view.trace else "-",
+             str(stat_of(view.by_epoch[e]).n), stat_of(view.by_epoch[e]).text()]
+            for e in sorted(view.by_epoch)]
+    if view.naive:
+        st = stat_of(view.naive)
+        rows.append([task, "naive", "-", str(st.n), st.text()])
+    return rows
 
 
 def _tests(part: Part, tasks: list) -> Family:

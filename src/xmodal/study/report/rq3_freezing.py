@@ -8,87 +8,106 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..stats import Family, Stat
-from .data import (EXPERIMENT_TITLES, Part, Section, curve, curve_field, join, metric_label,
-                   paper_vs_ours, stat_of)
+from ...config.choices import EXPERIMENTS, FINETUNE_MODES
+from .data import (Part, Section, curve, curve_field, join, metric_label, paper_vs_ours,
+                   stat_of)
 from .baselines import reference_lines
-from .figures import MODE_STYLE, band, collect_legend, fig_name, pyplot, save, suptitle
+from .figures import band, collect_legend, fig_name, pyplot, save, suptitle
 
-BODY_FROZEN_MODES = ("freeze-body", "predictor-only")
-MODE_ORDER = ("all", "freeze-embedder", "non-attn", "layernorm", "lora", "freeze-body",
-              "predictor-only")
-MODE_TEXT = {"all": "all (embedder + body + predictor)", "freeze-embedder": "freeze embedder",
-             "freeze-body": "freeze body", "predictor-only": "predictor only",
-             "layernorm": "LayerNorm only", "non-attn": "all but attention", "lora": "LoRA"}
+def _label(mode: str) -> str:
+    return FINETUNE_MODES[mode].label if mode in FINETUNE_MODES else mode
+
+
+def _frozen_body(mode: str) -> bool:
+    return mode in FINETUNE_MODES and not FINETUNE_MODES[mode].trains_body
 
 
 def section_freezing(part: Part, out: Path) -> Section:
-    sec = Section(f"{EXPERIMENT_TITLES['freezing']} (part '{part.name}')")
+    sec = Section(f"{EXPERIMENTS['freezing'].title} (part '{part.name}')")
     done = part.done()
     tasks = [t for t in part.tasks() if part.done(t)]
-    modes = [m for m in MODE_ORDER if any(r.config["train"]["finetune"] == m for r in done)]
-    emb = _embedder
-    kinds = [k for k in ("trained", "untrained") if any(emb(r) == k for r in done)]
+    modes = [m for m in FINETUNE_MODES if any(r.config["train"]["finetune"] == m for r in done)]
+    kinds = [k for k in ("trained", "untrained") if any(_embedder(r) == k for r in done)]
     if tasks:
-        plt = pyplot()
-        fig, axes = plt.subplots(len(tasks), len(kinds), squeeze=False, sharey="row",
-                                 figsize=(5.2 * len(kinds), 3.8 * len(tasks)))
-        fld_all = set()
-        for i, task in enumerate(tasks):
-            tdone = part.done(task)
-            fld = curve_field(tdone)
-            fld_all.add(fld)
-            metric = metric_label(tdone)
-            for j, kind in enumerate(kinds):
-                ax = axes[i][j]
-                for mode in modes:
-                    runs = [r for r in tdone
-                            if emb(r) == kind and r.config["train"]["finetune"] == mode]
-                    if not runs:
-                        continue
-                    xs, m, s = curve(runs, fld)
-                    color, marker, ls = MODE_STYLE.get(mode, ("#7f7f7f", "o", "-"))
-                    ax.plot(xs, m, ls=ls, marker=marker, color=color, ms=5, lw=1.8,
-                            label=MODE_TEXT.get(mode, mode))
-                    if len(runs) > 1:
-                        band(ax, xs, m, s, color)
-                ax.set_title(f"{task}: {kind} embedder")
-                ax.set_xlabel("fine-tuning epoch")
-                which = "test" if fld == "test_metric" else "validation"
-                ax.set_ylabel(f"{which} {metric}\n(lower is better)")
-                ax.tick_params(labelleft=True)
-                ax.grid(alpha=0.3)
-                ax.xaxis.get_major_locator().set_params(integer=True)
-        seeds = max(len({r.seed for r in part.done(t)}) for t in tasks)
-        which = "test" if fld_all == {"test_metric"} else "validation"
-        suptitle(fig, "RQ3 freezing in fine-tuning: trained (aligned) vs untrained embedder\n"
-                       f"{which} metric per epoch, mean ± 1 std over {seeds} seed(s)")
-        reference_lines(list(axes.flat), part.refs)
-        path = save(fig, out / fig_name("rq3", part), collect_legend(list(axes.flat)))
+        path = _figure(part, out, tasks, modes, kinds)
         sec.blocks.append(("img", path, f"{part.name}: curves per freezing mode"))
     stats = {t: _mode_stats(part.done(t), modes, kinds) for t in tasks}
     kind = "trained" if "trained" in kinds else (kinds[0] if kinds else None)
     fam = _tests(stats, modes, kinds, kind)
-    rows, sentences = [], []
+    sec.blocks.append(("table", ["task", "fine-tuned", "trained embedder", "untrained embedder",
+                                 "trained vs untrained"], _rows(part, tasks, stats, modes, fam)))
+    sentences = _sentences(part, tasks, stats, modes, kinds, kind, fam)
+    sec.blocks.append(("ul", sentences or ["No finished runs to compare yet."]))
+    sec.blocks.append(paper_vs_ours("freezing", _ours(fam)))
+    return sec
+
+
+def _figure(part: Part, out: Path, tasks: list, modes: list, kinds: list) -> Path:
+    """Curves per freezing mode: one row per task, one column per embedder (trained or not)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(len(tasks), len(kinds), squeeze=False, sharey="row",
+                             figsize=(5.2 * len(kinds), 3.8 * len(tasks)))
+    fields = set()
+    for i, task in enumerate(tasks):
+        tdone = part.done(task)
+        fld = curve_field(tdone)
+        fields.add(fld)
+        for j, kind in enumerate(kinds):
+            _panel(axes[i][j], tdone, task, kind, modes, fld, metric_label(tdone))
+    seeds = max(len({r.seed for r in part.done(t)}) for t in tasks)
+    which = "test" if fields == {"test_metric"} else "validation"
+    suptitle(fig, "RQ3 freezing in fine-tuning: trained (aligned) vs untrained embedder\n"
+                  f"{which} metric per epoch, mean ± 1 std over {seeds} seed(s)")
+    reference_lines(list(axes.flat), part.refs)
+    return save(fig, out / fig_name("rq3", part), collect_legend(list(axes.flat)))
+
+
+def _panel(ax, tdone: list, task: str, kind: str, modes: list, fld: str, metric: str) -> None:
+    for mode in modes:
+        runs = [r for r in tdone if _embedder(r) == kind and r.config["train"]["finetune"] == mode]
+        if not runs:
+            continue
+        xs, m, s = curve(runs, fld)
+        color, marker, ls = FINETUNE_MODES[mode].style if mode in FINETUNE_MODES else \
+            ("#7f7f7f", "o", "-")
+        ax.plot(xs, m, ls=ls, marker=marker, color=color, ms=5, lw=1.8, label=_label(mode))
+        if len(runs) > 1:
+            band(ax, xs, m, s, color)
+    ax.set_title(f"{task}: {kind} embedder")
+    ax.set_xlabel("fine-tuning epoch")
+    which = "test" if fld == "test_metric" else "validation"
+    ax.set_ylabel(f"{which} {metric}\n(lower is better)")
+    ax.tick_params(labelleft=True)
+    ax.grid(alpha=0.3)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+
+
+def _rows(part: Part, tasks: list, stats: dict, modes: list, fam: Family) -> list:
+    rows = []
     for task in tasks:
-        metric = metric_label(part.done(task))
         st = stats[task]
         for m in modes:
             tr, un = st.get((m, "trained"), Stat([])), st.get((m, "untrained"), Stat([]))
             verdict = fam.text(("embedder", task, m)) if tr.n and un.n else "-"
-            rows.append([task, MODE_TEXT.get(m, m), tr.text() if tr.n else "-",
+            rows.append([task, _label(m), tr.text() if tr.n else "-",
                          un.text() if un.n else "-", verdict])
+    return rows
+
+
+def _sentences(part: Part, tasks: list, stats: dict, modes: list, kinds: list, kind,
+               fam: Family) -> list:
+    sentences = []
+    for task in tasks:
+        st = stats[task]
         if ("body", task) in fam.tests:
+            metric = metric_label(part.done(task))
             sentences.append(_body_sentence(task, kind, metric, st, modes, fam))
         if len(kinds) == 2:
             verdicts = {m: fam.verdict(("embedder", task, m)) for m in modes
                         if ("embedder", task, m) in fam.tests}
             if verdicts:
                 sentences.append(_embedder_sentence(task, verdicts))
-    sec.blocks.append(("table", ["task", "fine-tuned", "trained embedder", "untrained embedder",
-                                 "trained vs untrained"], rows))
-    sec.blocks.append(("ul", sentences or ["No finished runs to compare yet."]))
-    sec.blocks.append(paper_vs_ours("freezing", _ours(fam)))
-    return sec
+    return sentences
 
 
 def _mode_stats(tdone: list, modes: list, kinds: list) -> dict:
@@ -105,8 +124,8 @@ def _embedder(r) -> str:
 def _best_modes(st: dict, modes: list, kind: str):
     """The best (lowest mean) mode that trains the body and the best that freezes it."""
     present = [m for m in modes if st[(m, kind)].n]
-    on = [m for m in present if m not in BODY_FROZEN_MODES]
-    off = [m for m in present if m in BODY_FROZEN_MODES]
+    on = [m for m in present if not _frozen_body(m)]
+    off = [m for m in present if _frozen_body(m)]
     if not on or not off:
         return None
     return (min(on, key=lambda m: st[(m, kind)].mean), min(off, key=lambda m: st[(m, kind)].mean))
@@ -135,14 +154,14 @@ def _body_sentence(task: str, kind: str, metric: str, st: dict, modes: list, fam
             "unknown": "the effect of fine-tuning the body: not enough seeds for a verdict"}[
         fam.verdict(("body", task))]
     return (f"On {task} ({kind} embedder), {text} ({fam.evidence(('body', task))}): best mode "
-            f"that trains the body ({MODE_TEXT.get(bon, bon)}) {metric} {st[(bon, kind)].text()} "
-            f"vs best mode that freezes it ({MODE_TEXT.get(boff, boff)}) "
+            f"that trains the body ({_label(bon)}) {metric} {st[(bon, kind)].text()} "
+            f"vs best mode that freezes it ({_label(boff)}) "
             f"{st[(boff, kind)].text()}.")
 
 
 def _embedder_sentence(task: str, verdicts: dict) -> str:
-    better = [MODE_TEXT.get(m, m) for m, v in verdicts.items() if v == "better"]
-    worse = [MODE_TEXT.get(m, m) for m, v in verdicts.items() if v == "worse"]
+    better = [_label(m) for m, v in verdicts.items() if v == "better"]
+    worse = [_label(m) for m, v in verdicts.items() if v == "worse"]
     known = [m for m, v in verdicts.items() if v != "unknown"]
     if not known:
         return f"On {task}, trained vs untrained embedder: not enough seeds for a verdict."

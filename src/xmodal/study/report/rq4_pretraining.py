@@ -45,80 +45,21 @@ def section_pretraining(part: Part, out: Path) -> Section:
     tasks = [t for t in part.tasks() if part.done(t)]
     fam = _tests(part, tasks)
     rows, sentences = [], []
-    all_numeric = True
     if tasks:
         fig, axes = panel_grid(len(tasks), ncols_max=3, w=5.2, h=4.0)
-        for ax, task in zip(axes, tasks):
-            done = part.done(task)
-            metric = metric_label(done)
-            groups = group(done, _pre_key)
-            rnd, pre = _split(groups)
-            tokens = {k: _tokens(v) for k, v in pre.items()}
-            numeric = bool(pre) and all(t is not None and t > 0 for t in tokens.values())
-            all_numeric = all_numeric and numeric
-            if numeric:
-                keys = sorted(pre, key=lambda k: tokens[k])
-                xs = [tokens[k] for k in keys]
-                ms = [stat_of(pre[k]).mean for k in keys]
-                ss = [stat_of(pre[k]).std or 0.0 for k in keys]
-                ax.errorbar(xs, ms, yerr=ss, fmt="o-", color="#1f77b4", capsize=4, lw=1.8,
-                            label="pre-trained body")
-                for k, x, m in zip(keys, xs, ms):
-                    ax.annotate(k, (x, m), textcoords="offset points", xytext=(4, 6), fontsize=8)
-                ax.set_xscale("log")
-                ax.margins(x=0.2)
-                ax.set_xlabel("pre-training tokens (log scale)")
-                for i, (k, runs) in enumerate(rnd.items()):
-                    st = stat_of(runs)
-                    ax.axhline(st.mean, color="black", ls="--", lw=1.4, label="random init")
-                    if st.std:
-                        ax.axhspan(st.mean - st.std, st.mean + st.std, color="black", alpha=0.08)
-            else:
-                keys = list(rnd) + list(pre)
-                xs = np.arange(len(keys))
-                for i, k in enumerate(keys):
-                    st = stat_of(groups[k])
-                    color = "black" if k in rnd else "#1f77b4"
-                    ax.errorbar([i], [st.mean], yerr=[st.std or 0.0], fmt="o", color=color,
-                                capsize=5, ms=8,
-                                label="random init" if k in rnd else "pre-trained body")
-                    for r in groups[k]:
-                        ax.plot([i + 0.12], [r.test], ".", color=color, alpha=0.5)
-                ax.set_xticks(xs, [k.replace(" (", "\n(") for k in keys])
-                ax.set_xlim(-0.6, len(keys) - 0.4)
-                ax.set_xlabel("body (pre-training amount)")
+        views = [_TaskView(part.done(task)) for task in tasks]
+        for ax, task, view in zip(axes, tasks, views):
+            (_tokens_panel if view.numeric else _bodies_panel)(ax, view)
             ax.set_title(task)
-            ax.set_ylabel(f"test {metric}\n(lower is better)")
+            ax.set_ylabel(f"test {view.metric}\n(lower is better)")
             ax.grid(alpha=0.3)
-            for k in list(rnd) + sorted(pre, key=lambda k: (tokens.get(k) or 0)):
-                st = stat_of(groups[k])
-                tk = "0 (random init)" if k in rnd else \
-                    (num(tokens[k], 2) if tokens.get(k) else "unknown")
-                rows.append([task, k, tk, str(st.n), st.text()])
-            if rnd and pre:
-                rk = list(rnd)[0]
-                best = min(pre, key=lambda k: stat_of(pre[k]).mean)
-                text = {"better": "pre-training helped significantly",
-                        "worse": "pre-training hurt significantly",
-                        "same": "pre-training made no significant difference",
-                        "unknown": "the effect of pre-training: not enough seeds for a verdict"}[
-                    fam.verdict(task)]
-                msg = (f"On {task}, {text} ({fam.evidence(task)}): best pre-trained body "
-                       f"({best}) {metric} "
-                       f"{stat_of(pre[best]).text()} vs random initialisation "
-                       f"{stat_of(rnd[rk]).text()}")
-                if numeric and len(pre) >= 3:
-                    keys = list(pre)
-                    rho = spearman([math.log10(tokens[k]) for k in keys],
-                                   [stat_of(pre[k]).mean for k in keys])
-                    if rho is not None:
-                        msg += (f"; Spearman correlation of error with log pre-training tokens "
-                                f"over {len(keys)} bodies: {rho[0]:+.2f}, p {p_text(rho[1])}")
-                sentences.append(msg + ".")
+            rows += _rows(task, view)
+            if view.rnd and view.pre:
+                sentences.append(_sentence(task, view, fam))
         seeds = max(len({r.seed for r in part.done(t)}) for t in tasks)
-        dots = "" if all_numeric else "; small dots: single seeds"
+        dots = "" if all(v.numeric for v in views) else "; small dots: single seeds"
         suptitle(fig, f"RQ4 pre-training amount: test error after fine-tuning, mean ± 1 std "
-                       f"over {seeds} seed(s){dots}")
+                      f"over {seeds} seed(s){dots}")
         reference_lines(axes, part.refs)
         path = save(fig, out / fig_name("rq4", part), collect_legend(axes), ncol=3)
         sec.blocks.append(("img", path, f"{part.name}: final error vs pre-training amount"))
@@ -128,6 +69,84 @@ def section_pretraining(part: Part, out: Path) -> Section:
                                            "body to compare."]))
     sec.blocks.append(paper_vs_ours("pretraining", _ours(fam)))
     return sec
+
+
+class _TaskView:
+    """One task's runs as RQ4 reads them: random-init and pre-trained groups, their tokens."""
+
+    def __init__(self, done: list):
+        self.metric = metric_label(done)
+        self.groups = group(done, _pre_key)
+        self.rnd, self.pre = _split(self.groups)
+        self.tokens = {k: _tokens(v) for k, v in self.pre.items()}
+        self.numeric = bool(self.pre) and all(t is not None and t > 0
+                                              for t in self.tokens.values())
+
+
+def _tokens_panel(ax, view: _TaskView) -> None:
+    """Error against pre-training tokens (log scale), random init as a dashed line."""
+    keys = sorted(view.pre, key=lambda k: view.tokens[k])
+    xs = [view.tokens[k] for k in keys]
+    ms = [stat_of(view.pre[k]).mean for k in keys]
+    ss = [stat_of(view.pre[k]).std or 0.0 for k in keys]
+    ax.errorbar(xs, ms, yerr=ss, fmt="o-", color="#1f77b4", capsize=4, lw=1.8,
+                label="pre-trained body")
+    for k, x, m in zip(keys, xs, ms):
+        ax.annotate(k, (x, m), textcoords="offset points", xytext=(4, 6), fontsize=8)
+    ax.set_xscale("log")
+    ax.margins(x=0.2)
+    ax.set_xlabel("pre-training tokens (log scale)")
+    for runs in view.rnd.values():
+        st = stat_of(runs)
+        ax.axhline(st.mean, color="black", ls="--", lw=1.4, label="random init")
+        if st.std:
+            ax.axhspan(st.mean - st.std, st.mean + st.std, color="black", alpha=0.08)
+
+
+def _bodies_panel(ax, view: _TaskView) -> None:
+    """One point per body (mean ± std) with its seeds as small dots."""
+    keys = list(view.rnd) + list(view.pre)
+    for i, k in enumerate(keys):
+        st = stat_of(view.groups[k])
+        color = "black" if k in view.rnd else "#1f77b4"
+        ax.errorbar([i], [st.mean], yerr=[st.std or 0.0], fmt="o", color=color, capsize=5,
+                    ms=8, label="random init" if k in view.rnd else "pre-trained body")
+        for r in view.groups[k]:
+            ax.plot([i + 0.12], [r.test], ".", color=color, alpha=0.5)
+    ax.set_xticks(np.arange(len(keys)), [k.replace(" (", "\n(") for k in keys])
+    ax.set_xlim(-0.6, len(keys) - 0.4)
+    ax.set_xlabel("body (pre-training amount)")
+
+
+def _rows(task: str, view: _TaskView) -> list:
+    rows = []
+    for k in list(view.rnd) + sorted(view.pre, key=lambda k: (view.tokens.get(k) or 0)):
+        st = stat_of(view.groups[k])
+        tk = "0 (random init)" if k in view.rnd else \
+            (num(view.tokens[k], 2) if view.tokens.get(k) else "unknown")
+        rows.append([task, k, tk, str(st.n), st.text()])
+    return rows
+
+
+def _sentence(task: str, view: _TaskView, fam: Family) -> str:
+    rk = list(view.rnd)[0]
+    best = min(view.pre, key=lambda k: stat_of(view.pre[k]).mean)
+    text = {"better": "pre-training helped significantly",
+            "worse": "pre-training hurt significantly",
+            "same": "pre-training made no significant difference",
+            "unknown": "the effect of pre-training: not enough seeds for a verdict"}[
+        fam.verdict(task)]
+    msg = (f"On {task}, {text} ({fam.evidence(task)}): best pre-trained body ({best}) "
+           f"{view.metric} {stat_of(view.pre[best]).text()} vs random initialisation "
+           f"{stat_of(view.rnd[rk]).text()}")
+    if view.numeric and len(view.pre) >= 3:
+        keys = list(view.pre)
+        rho = spearman([math.log10(view.tokens[k]) for k in keys],
+                       [stat_of(view.pre[k]).mean for k in keys])
+        if rho is not None:
+            msg += (f"; Spearman correlation of error with log pre-training tokens "
+                    f"over {len(keys)} bodies: {rho[0]:+.2f}, p {p_text(rho[1])}")
+    return msg + "."
 
 
 def _split(groups: dict) -> tuple[dict, dict]:
