@@ -1,5 +1,7 @@
 """Reports: sentences computed from the stored numbers, figures and both report files."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -131,6 +133,19 @@ def test_all_four_experiments(tmp_path):
               {"label": label, "variant": label, "tokens": tokens}, proxy="text", pretrained=pre)
     b.store.close()
     md = write_report(tmp_path).read_text()
+    verdicts = json.loads((tmp_path / "report" / "verdicts.json").read_text())
+    by = {(c["question"], c["a"], c["b"]): c for c in verdicts["comparisons"]}
+    rq2v = by[("rq2", "embedder epoch 4", "embedder epoch 0")]
+    assert rq2v["verdict"] == "higher" and rq2v["diff"] == pytest.approx(0.10)
+    body = by[("rq3", "freeze-body (trained embedder)", "all (trained embedder)")]
+    assert body["verdict"] == "higher" and body["n"] == 3
+    d = np.array([0.40, 0.41, 0.42]) - np.array([0.10, 0.11, 0.12])   # constant: exact
+    assert body["ci"] == pytest.approx([d.mean(), d.mean()])
+    claims = {(c["question"], c["claim"]): c["outcome"] for c in verdicts["claims"]}
+    assert claims[("rq3", "fine-tuning the body is what matters: freezing it hurts")] == \
+        "reproduced"
+    assert claims[("rq2", "more embedder training (lower OTDD) does not lower the error")] == \
+        "reproduced"
     said = _sentences(md)
     rq2 = [s for s in said if s.startswith("On gunpoint, OTDD")][0]
     assert "OTDD fell from 10.1 (embedder epoch 0) to 4.10 (epoch 4)" in rq2
@@ -159,6 +174,8 @@ def test_all_four_experiments(tmp_path):
         assert rq in md
     # every section ends with the paper's finding beside ours
     for section in md.split("\n## ")[1:]:
+        if section.startswith("Verdicts"):   # ends with the claims table instead
+            continue
         table = section.rstrip().splitlines()[-3:]
         assert table[1].startswith("| paper (arXiv 2403.13537) |")
         assert table[2].startswith("| this study |")

@@ -19,7 +19,8 @@ liveness; report -> (store, stats); cluster -> (execute, liveness).
 from .commands import cli, export_csv, list_text, status_text
 from .execute import available_cores
 from .runner import Outcome, prepare_dir, run_study
-from .spec import Plan, PlannedRun, builtin_names, expand, load_spec, validate_spec
+from .plan import Plan, PlannedRun, expand
+from .spec import builtin_names, load_spec, validate_spec
 
 __all__ = ["Outcome", "Plan", "PlannedRun", "available_cores", "builtin_names", "cli",
            "expand", "export_csv", "list_text", "load_spec", "prepare_dir", "run_study",

@@ -14,7 +14,8 @@ from ..errors import UserError
 from .export import export_csv as _write_csv
 from .liveness import token_alive
 from .runner import fmt_seconds, run_study
-from .spec import Plan, builtin_names, expand, is_preset_name, load_spec, parts_of
+from .plan import Plan, expand
+from .spec import builtin_names, is_preset_name, load_spec, parts_of
 from .store import Store
 
 

@@ -24,7 +24,8 @@ from ..errors import UserError
 from ..runs.folder import Summary
 from .execute import available_cores, execute, worker_init
 from .liveness import process_token
-from .spec import Plan, PlannedRun, expand, load_spec
+from .plan import Plan, PlannedRun, expand
+from .spec import load_spec
 from .store import DB_NAME, Store, is_store
 
 

@@ -10,8 +10,10 @@ import re
 import time
 from pathlib import Path
 
-from ...io.artifacts import write_text
+from ...io.artifacts import write_json, write_text
 from ..stats import RULE
+from ..verdicts import RULE as VERDICT_RULE
+from . import decisions
 from ..store import Store
 from .baselines import baseline_refs, reference_table, section_baselines
 from .custom import section_custom
@@ -53,9 +55,12 @@ def build_sections(folder: Path, out: Path) -> tuple[list[Section], dict]:
         sections.append(sec)
     if refs:
         sections.append(section_baselines(parts, refs))
+    verdicts, comparisons, claims = decisions.build(parts, refs, _margins(studies), _modality)
+    sections.append(verdicts)
     seconds = sum(r["seconds"] or 0 for r in runs)
     meta = {"counts": counts, "studies": studies, "failed": failed, "run_seconds": seconds,
-            "n_runs": len(runs)}
+            "n_runs": len(runs), "verdicts": {"rule": VERDICT_RULE, "comparisons": comparisons,
+                                              "claims": claims}}
     return sections, meta
 
 
@@ -72,7 +77,22 @@ def write_report(folder: str | Path) -> Path:
     md = _markdown(head, sections, out)
     write_text(out / "report.md", md)
     write_text(out / "report.html", _html(md, out))
+    write_json(out / "verdicts.json", meta["verdicts"])
     return out / "report.md"
+
+
+def _margins(studies: list[dict]) -> dict:
+    """{task: {margin, reason}}: the equivalence margins the study specs fixed before the runs."""
+    out: dict = {}
+    for s in studies:
+        out.update((s.get("spec") or {}).get("margins") or {})
+    return out
+
+
+def _modality(task: str) -> str:
+    from ...data.registry import REGISTRY
+    entry = REGISTRY.get(task)
+    return entry.spec.modality if entry is not None else "1d"
 
 
 def _header(folder: Path, meta: dict) -> list:
