@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from ..config.choices import NO_BASELINE
 from ..errors import UserError
 from .export import export_csv as _write_csv
 from .liveness import token_alive
-from .runner import fmt_seconds, run_study
 from .plan import Plan, expand
+from .runner import fmt_seconds, run_study
 from .spec import builtin_names, is_preset_name, load_spec, parts_of
 from .store import Store
 
@@ -135,7 +136,7 @@ def plan_text(plan: Plan) -> str:
         labels = [m[2].get("label") for m in r.members if m[2].get("label")]
         what = ", ".join(dict.fromkeys(labels)) or "-"
         body = r.config.body.name + ("" if r.config.body.pretrained else " (random init)")
-        if r.config.baseline.method != "none":
+        if r.config.baseline.method != NO_BASELINE:
             body = "baseline"
         rows.append((r.task, body, what, f"seed {r.seed}"))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]

@@ -16,7 +16,7 @@ from typing import Optional
 
 from ..config import Config, config_hash, from_dict, parse_override, set_dotted
 from ..config.bodies import body_family
-from ..config.choices import BASELINES
+from ..config.choices import BASELINES, NO_BASELINE
 from ..config.derived import aligns
 from ..config.identity import alignment_key, run_id
 from ..errors import UserError
@@ -67,7 +67,7 @@ def run_gpu_hours(run: PlannedRun) -> Optional[float]:
     a task (its estimate for one GPU at full size); None without the tag."""
     per_epoch = next((m[2]["gpu_hours_per_epoch"] for m in run.members
                       if m[2].get("gpu_hours_per_epoch") is not None), None)
-    if run.config.baseline.method != "none":
+    if run.config.baseline.method != NO_BASELINE:
         return 0.0                       # scikit-learn on the CPU
     if per_epoch is None or run.config.train.epochs is None:
         return None                      # no tag, or an automatic budget

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Optional
 
+from ...config.choices import EXPERIMENTS
 from ..stats import Family
 from .data import Part, RunView, Section, group, metric_label, stat_of
 
-TITLE = "Domain baselines: does cross-modal fine-tuning beat the obvious method?"
 LINE_STYLES = [":", "-.", (0, (1, 3)), (0, (5, 2, 1, 2))]
 
 
@@ -51,7 +51,7 @@ def reference_lines(axes, refs: dict, draw_on=None) -> None:
 
 
 def section_baselines(parts: list[Part], refs: dict) -> Section:
-    sec = Section(TITLE)
+    sec = Section(EXPERIMENTS["baselines"].title)
     fam = Family()
     rows, pairs = [], []
     for task, methods in refs.items():

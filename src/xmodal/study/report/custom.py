@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...config.choices import EXPERIMENTS
 from ..stats import Family
-from .data import EXPERIMENT_TITLES, Part, Section, group, join, stat_of
+from .data import Part, Section, group, join, stat_of
 from .figures import curves_figure, fig_name
 
 
 def section_custom(part: Part, out: Path) -> Section:
-    sec = Section(f"{EXPERIMENT_TITLES['custom']}: part '{part.name}'")
+    sec = Section(f"{EXPERIMENTS['custom'].title}: part '{part.name}'")
     done = part.done()
     key = lambda r: r.label  # noqa: E731
     order = list(dict.fromkeys(key(r) for r in done))

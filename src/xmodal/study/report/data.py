@@ -11,12 +11,11 @@ from typing import Optional
 
 import numpy as np
 
-from ...config.choices import EXPERIMENTS
+from ...config.choices import NO_PROXY
 from ..stats import Stat
 from ..store import Store
 
 
-EXPERIMENT_TITLES = {name: row.title for name, row in EXPERIMENTS.items()}
 # The ablation paper's findings (arXiv 2403.13537), for the side-by-side that ends each section.
 PAPER_FINDINGS = {
     "proxy": "The choice of proxy dataset does not matter; embedder training does not help 2D "
@@ -42,7 +41,7 @@ class RunView:
     @property
     def aligned(self) -> bool:
         a = self.config.get("align", {})
-        return a.get("proxy", "none") != "none" and (a.get("epochs") or 0) > 0
+        return a.get("proxy", NO_PROXY) != NO_PROXY and (a.get("epochs") or 0) > 0
 
     @property
     def test(self) -> Optional[float]:

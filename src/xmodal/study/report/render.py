@@ -10,6 +10,7 @@ import re
 import time
 from pathlib import Path
 
+from ...config.choices import EXPERIMENTS
 from ...io.artifacts import write_json, write_text
 from ..stats import RULE
 from ..verdicts import RULE as VERDICT_RULE
@@ -41,7 +42,7 @@ def build_sections(folder: Path, out: Path) -> tuple[list[Section], dict]:
         from ...errors import UserError
         raise UserError(f"study folder '{folder}' has no finished runs to report yet "
                         f"(see `xmodal study status {folder}`)")
-    order = {"proxy": 0, "align-epochs": 1, "freezing": 2, "pretraining": 3, "custom": 4}
+    order = {name: i for i, name in enumerate(EXPERIMENTS)}   # the questions in turn
     refs = baseline_refs(parts)
     sections = []
     for part in sorted(parts, key=lambda p: order.get(p.experiment, 9)):

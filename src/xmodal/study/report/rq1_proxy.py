@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...config.choices import EXPERIMENTS
 from ..stats import Family, Stat, p_text
-from .data import (EXPERIMENT_TITLES, Part, RunView, Section, group, join, metric_label,
+from .data import (Part, RunView, Section, group, join, metric_label,
                    paper_vs_ours, stat_of)
 from .figures import curves_figure, fig_name
 
@@ -21,7 +22,7 @@ def _proxy_key(r: RunView) -> str:
 
 
 def section_proxy(part: Part, out: Path) -> Section:
-    sec = Section(f"{EXPERIMENT_TITLES['proxy']} (part '{part.name}')")
+    sec = Section(f"{EXPERIMENTS['proxy'].title} (part '{part.name}')")
     done = part.done()
     order = list(dict.fromkeys(_proxy_key(r) for r in sorted(done, key=lambda r: r.aligned)))
     styles = {k: ({"color": "black", "ls": "--"} if not any(r.aligned for r in done

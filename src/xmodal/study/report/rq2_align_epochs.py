@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ...config.choices import EXPERIMENTS
 from ..stats import Family, Stat, num, p_text, spearman
-from .data import (EXPERIMENT_TITLES, Part, RunView, Section, group, join, metric_label,
+from .data import (Part, RunView, Section, group, join, metric_label,
                    paper_vs_ours, stat_of)
 from .baselines import reference_lines
 from .figures import band, collect_legend, fig_name, panel_grid, save, suptitle
@@ -39,7 +40,7 @@ def _trace_stats(runs: list[RunView]):
 
 
 def section_align_epochs(part: Part, out: Path) -> Section:
-    sec = Section(f"{EXPERIMENT_TITLES['align-epochs']} (part '{part.name}')")
+    sec = Section(f"{EXPERIMENTS['align-epochs'].title} (part '{part.name}')")
     tasks = [t for t in part.tasks() if any(r.aligned for r in part.done(t))]
     fam = _tests(part, tasks)
     rows, sentences, rhos = [], [], {}

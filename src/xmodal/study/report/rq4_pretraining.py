@@ -11,8 +11,9 @@ from typing import Optional
 
 import numpy as np
 
+from ...config.choices import EXPERIMENTS
 from ..stats import Family, num, p_text, spearman
-from .data import (EXPERIMENT_TITLES, Part, RunView, Section, group, join, metric_label,
+from .data import (Part, RunView, Section, group, join, metric_label,
                    paper_vs_ours, stat_of)
 from .baselines import reference_lines
 from .figures import collect_legend, fig_name, panel_grid, save, suptitle
@@ -41,7 +42,7 @@ def _tokens(runs: list[RunView]) -> Optional[float]:
 
 
 def section_pretraining(part: Part, out: Path) -> Section:
-    sec = Section(f"{EXPERIMENT_TITLES['pretraining']} (part '{part.name}')")
+    sec = Section(f"{EXPERIMENTS['pretraining'].title} (part '{part.name}')")
     tasks = [t for t in part.tasks() if part.done(t)]
     fam = _tests(part, tasks)
     rows, sentences = [], []
