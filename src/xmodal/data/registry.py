@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..config import TaskConfig
+from ..config.choices import NPZ_PREFIX
 from ..errors import UserError
 from .npz import load_npz_task
 from .splits import prepare
@@ -40,8 +41,9 @@ def list_specs() -> list[TaskSpec]:
 
 def load_task(cfg: TaskConfig) -> TaskData:
     """Load, split, subsample and validate the task named by `cfg.name`."""
-    if cfg.name.startswith("npz:"):
-        data = load_npz_task(cfg.name[4:], cfg.kind, cfg.options.get("layout", "auto"))
+    if cfg.name.startswith(NPZ_PREFIX):
+        data = load_npz_task(cfg.name[len(NPZ_PREFIX):], cfg.kind,
+                             cfg.options.get("layout", "auto"))
     elif cfg.name in REGISTRY:
         data = REGISTRY[cfg.name].load(cfg)
     else:

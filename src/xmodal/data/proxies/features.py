@@ -34,7 +34,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ...config.choices import IMAGE_PROXIES, NO_PROXY, NPZ_PREFIX, TEXT_PROXIES
+from ...config.choices import NO_PROXY, NPZ_PREFIX, PROXIES, TEXT_PROXIES
 from ...errors import UserError
 from ...io import artifacts
 from .images import _image_features, _image_source
@@ -43,7 +43,6 @@ from .sampling import SEED, _check_classes, _uniform_labels
 from .images import _mnist_files
 from .text import _lexicon_path, _orca_text_files, _text_files, text_features
 
-PROXY_NAMES = IMAGE_PROXIES + TEXT_PROXIES + (f"{NPZ_PREFIX}PATH", NO_PROXY)
 RECIPE = "proxy-v1"    # bump when a feature recipe changes: invalidates cached features
 
 
@@ -66,8 +65,8 @@ class ProxySource:
 def proxy_features(name: str, body, src: ProxySource, device=None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Features (n, d) float32, labels (n,) int64 (codes 0..K-1) and an info dict."""
     device = torch.device(device or "cpu")
-    if name.startswith("npz:"):
-        x, y, info = _npz_proxy(name[4:], body, src.n_source)
+    if name.startswith(NPZ_PREFIX):
+        x, y, info = _npz_proxy(name[len(NPZ_PREFIX):], body, src.n_source)
         return x.to(device), y.to(device), info
     check_compatible(name, body)
     path = cache_path(name, body, src)
@@ -84,15 +83,21 @@ def proxy_features(name: str, body, src: ProxySource, device=None) -> tuple[torc
 
 def check_compatible(name: str, body) -> None:
     """Unknown names and modality mismatches -> UserError (ORCA: the proxy matches the body)."""
-    text_body = body.info.family == "text"
-    if name in IMAGE_PROXIES and text_body:
-        raise UserError(f"proxy '{name}' needs a vision body; text bodies use text or fake-text "
-                        f"(or npz:PATH with features of width {body.info.in_dim})")
-    if name in TEXT_PROXIES and not text_body:
-        raise UserError(f"proxy '{name}' needs a text body; vision bodies use digits, mnist, "
-                        f"cifar10 or fakedata (or npz:PATH)")
-    if name not in IMAGE_PROXIES + TEXT_PROXIES:
-        raise UserError(f"unknown proxy '{name}'; valid: {', '.join(PROXY_NAMES)}")
+    if name not in PROXIES:
+        valid = (*PROXIES, f"{NPZ_PREFIX}PATH", NO_PROXY)
+        raise UserError(f"unknown proxy '{name}'; valid: {', '.join(valid)}")
+    own = "text" if body.info.family == "text" else "vision"
+    need = PROXIES[name].modality
+    if need is not None and need != own:
+        fitting = [k for k, p in PROXIES.items() if p.modality == own]
+        width = f" with features of width {body.info.in_dim}" if own == "text" else ""
+        raise UserError(f"proxy '{name}' needs a {need} body; {own} bodies use "
+                        f"{_either(fitting)} (or {NPZ_PREFIX}PATH{width})")
+
+
+def _either(names: list) -> str:
+    """`a, b or c`."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def cache_root(src) -> Path:
@@ -142,7 +147,7 @@ def _source_fingerprint(name: str, src) -> list:
     """Identity of the files a proxy reads (path, size, mtime); [] for generated proxies."""
     folder = src.proxy_dir
     files = []
-    if name in ("text", "fake-text"):
+    if name in TEXT_PROXIES:
         npy = list(_orca_text_files(folder) or [])
         files = (npy or _text_files(folder)
                  or [_lexicon_path(required=False)])
