@@ -108,13 +108,19 @@ def compare(a: Stat, b: Stat) -> Comparison:
     diff = a.mean - b.mean
     if min(a.n, b.n) < MIN_SEEDS:
         return Comparison("not enough seeds", min(a.n, b.n), diff)
-    shared = sorted(set(a.seeds or []) & set(b.seeds or []))
-    if len(shared) >= MIN_SEEDS:
-        xa = np.array([a.values[a.seeds.index(s)] for s in shared], float)
-        xb = np.array([b.values[b.seeds.index(s)] for s in shared], float)
-        return Comparison("paired t", len(shared), diff, _paired_p(xa - xb))
+    xa, xb = paired(a, b)
+    if len(xa) >= MIN_SEEDS:
+        return Comparison("paired t", len(xa), diff, _paired_p(xa - xb))
     return Comparison("Welch t", min(a.n, b.n), diff, _welch_p(np.asarray(a.values, float),
                                                          np.asarray(b.values, float)))
+
+
+def paired(a: Stat, b: Stat) -> tuple[np.ndarray, np.ndarray]:
+    """The values of a and b on their shared seeds, in seed order."""
+    shared = sorted(set(a.seeds or []) & set(b.seeds or []))
+    xa = np.array([a.values[a.seeds.index(s)] for s in shared], float)
+    xb = np.array([b.values[b.seeds.index(s)] for s in shared], float)
+    return xa, xb
 
 
 def _paired_p(d: np.ndarray) -> float:

@@ -33,7 +33,7 @@ from typing import Optional
 import numpy as np
 from scipy import stats as sps
 
-from .stats import ALPHA, MIN_SEEDS, Stat, holm, num, p_text
+from .stats import ALPHA, MIN_SEEDS, Stat, holm, num, p_text, paired
 
 POWER = 0.80
 VERDICTS = ("lower", "higher", "equivalent", "inconclusive")
@@ -67,14 +67,6 @@ class Decision:
     def p(self) -> Optional[float]:
         """The adjusted p that decided: equivalence for `equivalent`, the difference else."""
         return self.p_equiv_holm if self.verdict == "equivalent" else self.p_diff_holm
-
-
-def paired(a: Stat, b: Stat) -> tuple[np.ndarray, np.ndarray]:
-    """The values of a and b on their shared seeds, in seed order."""
-    shared = sorted(set(a.seeds or []) & set(b.seeds or []))
-    xa = np.array([a.values[a.seeds.index(s)] for s in shared], float)
-    xb = np.array([b.values[b.seeds.index(s)] for s in shared], float)
-    return xa, xb
 
 
 def decide(a: Stat, b: Stat, margin: float, alpha: float = ALPHA) -> Decision:
