@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .derived import align_lr, align_optimizer, aligns, from_epoch
-from .identity import alignment_identity, alignment_key, config_hash, run_id
+from .identity import alignment_identity, alignment_key
 from .schema import Config
 
 @dataclass(frozen=True)
@@ -62,11 +62,9 @@ def resolve_align(cfg: Config) -> AlignSettings:
 class Resolved:
     """A config with everything derived from it: what a recipe hands to the stages."""
     config: Config
-    config_hash: str
-    run_id: str
     align: Optional[AlignSettings]   # None: no stage 2
 
 
 def resolve(cfg: Config) -> Resolved:
     """Fill every derived value and make every cross-section check (`UserError` on failure)."""
-    return Resolved(cfg, config_hash(cfg), run_id(cfg), resolve_align(cfg) if aligns(cfg) else None)
+    return Resolved(cfg, resolve_align(cfg) if aligns(cfg) else None)

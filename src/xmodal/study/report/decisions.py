@@ -42,15 +42,11 @@ CLAIMS = {
 def build(parts: list[Part], refs: dict, margins: dict, modality) -> tuple:
     """(section, comparisons, claims) for the study; `margins[task]` is the spec's margin (None:
     no equivalence verdicts for that task); `modality(task)` is '1d' or '2d'."""
-    families = {"rq1": ({}, DecisionFamily()), "rq2": ({}, DecisionFamily()),
-                "rq3": ({}, DecisionFamily()), "rq4": ({}, DecisionFamily()),
-                "baselines": ({}, DecisionFamily())}
-    adders = {"proxy": _rq1, "align-epochs": _rq2, "freezing": _rq3, "pretraining": _rq4}
+    families = {q: ({}, DecisionFamily()) for q in ("rq1", "rq2", "rq3", "rq4", "baselines")}
     for part in parts:
-        if part.experiment in adders:
-            q = {"proxy": "rq1", "align-epochs": "rq2", "freezing": "rq3",
-                 "pretraining": "rq4"}[part.experiment]
-            adders[part.experiment](part, *families[q], margins, modality)
+        if part.experiment in QUESTIONS:
+            question, add = QUESTIONS[part.experiment]
+            add(part, *families[question], margins, modality)
     _baselines(parts, refs, *families["baselines"], margins)
     comparisons, claims = [], {}
     for q, (meta, fam) in families.items():
@@ -137,6 +133,10 @@ def _rq4(part: Part, meta, fam, margins, modality) -> None:
                      margins, "pretraining")
 
 
+QUESTIONS = {"proxy": ("rq1", _rq1), "align-epochs": ("rq2", _rq2), "freezing": ("rq3", _rq3),
+             "pretraining": ("rq4", _rq4)}
+
+
 def plain_runs(parts: list[Part], task: str) -> list[RunView]:
     """The plain fine-tuned setting of a task: everything trained, trained embedder (from the
     freezing part when there is one, else any part); untrained if no run aligned."""
@@ -184,8 +184,8 @@ def _section(families: dict, claims: list, margins: dict) -> Section:
         for key, (task, a, b, _claim) in meta.items():
             rows.append([q, task, a, b, fam.text(key)])
     sec.blocks.append(("table", ["question", "task", "a", "b", "verdict"], rows))
-    counts = {v: sum(r[-1].startswith(v) for r in rows) for v in
-              ("lower", "higher", "equivalent", "inconclusive")}
+    verdicts = [fam.verdict(key) for _meta, fam in families.values() for key in fam.tests]
+    counts = {v: verdicts.count(v) for v in ("lower", "higher", "equivalent", "inconclusive")}
     sec.blocks.append(("p", f"{len(rows)} comparisons: " +
                        ", ".join(f"{n} {v}" for v, n in counts.items()) + "."))
     sec.blocks.append(("table", ["question", "task", "the paper's claim", "outcome"],
