@@ -357,3 +357,28 @@ def test_darcy_is_generated_at_the_requested_size_and_decodes(tmp_path):
     assert len(list((tmp_path / "cache").rglob("*.npz"))) == 2   # train + test, cached
     with pytest.raises(UserError, match="unknown option 'resolutoin'; did you mean 'resolution'"):
         load("darcy", options={"resolutoin": 8})
+
+
+def test_dna_heldout_test_comes_from_the_training_files_stratified():
+    official = load_task(TaskConfig(name="dna"))
+    held = load_task(TaskConfig(name="dna", options={"heldout_test": 600}, max_val=50))
+    pool_y = np.concatenate([official.y_train, official.y_val])
+    assert len(held.x_test) == 600     # stratified: the pool's class balance
+    assert held.y_test.mean() == pytest.approx(pool_y.mean(), abs=1 / 600)
+    assert len(held.x_val) == 50
+    # disjoint from training and validation, and none of the 200 official test sequences
+    key = lambda x: {a.tobytes() for a in x}  # noqa: E731
+    assert not key(held.x_test) & (key(held.x_train) | key(held.x_val))
+    pool = key(official.x_train) | key(official.x_val)
+    assert key(held.x_test) <= pool and not key(held.x_test) & key(official.x_test)
+    with pytest.raises(UserError, match="heldout_test"):
+        load_task(TaskConfig(name="dna", options={"heldout_test": 10 ** 6}))
+    with pytest.raises(UserError, match="unknown option 'test'"):
+        load_task(TaskConfig(name="dna", options={"test": 5}))
+
+
+@pytest.mark.parametrize("key", ["max_train", "max_test", "max_val"])
+def test_subsample_sizes_below_one_are_refused(key):
+    from xmodal.config import from_dict
+    with pytest.raises(UserError, match=f"task.{key}' must be >= 1"):
+        from_dict({"task": {"name": "dna", key: 0}})

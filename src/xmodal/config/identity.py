@@ -22,7 +22,7 @@ NON_IDENTITY_KEYS = ("run.out", "run.name", "run.num_workers", "run.pin_memory",
 
 # Keys added after run ids were first stored: left out of the hash at these (default) values,
 # so existing run folders and study stores keep their ids.
-LATE_KEYS = {"align.max_iter": 2000}
+LATE_KEYS = {"align.max_iter": 2000, "task.max_val": None}
 
 
 def config_hash(cfg: Config, length: int = 10) -> str:

@@ -20,6 +20,7 @@ class TaskConfig:
     data_dir: Optional[str] = None  # folder with NAS-Bench-360 / user files
     max_train: Optional[int] = None  # subsample the training set (seeded)
     max_test: Optional[int] = None   # subsample the test set (smoke runs)
+    max_val: Optional[int] = None    # subsample the validation set (it is scored every epoch)
     val_fraction: float = 0.2        # carved from train with the split seed when no val split
     validation: str = "auto"         # auto | carve | none: see `min_val` and the README
     min_val: int = 50                # auto carves only when the carve holds >= this many samples

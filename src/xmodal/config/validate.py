@@ -38,7 +38,8 @@ POSITIVE = {"train.embedder_lr_mult": 0, "train.predictor_lr_mult": 0, "train.mi
             "align.lr_gamma": 0}
 
 
-OPTIONAL_MIN = {"train.clip": 0, "run.threads": 1}   # None allowed, else >= the bound
+OPTIONAL_MIN = {"train.clip": 0, "run.threads": 1, "task.max_train": 1, "task.max_test": 1,
+                "task.max_val": 1}   # None allowed, else >= the bound
 
 
 def validate(cfg: Config) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..config import TaskConfig
 from ..errors import UserError
+from .options import read_options
 from .registry import REGISTRY, register
 from .splits import encode_labels, normalise_x, split_validation
 from .types import TaskData, TaskSpec
@@ -67,17 +68,40 @@ def _register_ucr():
 DNA_FILES = {"train": ("sample.fa", "sample2.fa"), "test": ("sample_test.fa", "sample2_test.fa")}
 
 
-@register(TaskSpec("dna", "real 200 bp DNA: Oct4 (1) vs MafK (0) binding sites, one-hot", "1d",
+DNA_DEFAULTS = {"heldout_test": 0}
+
+
+@register(TaskSpec("dna", "real 200 bp DNA: Oct4 (1) vs MafK (0) binding sites, one-hot "
+                   "(option heldout_test: N test sequences held out of the training files)", "1d",
                    "classification", (4, 200), 2, source="janggu wheel resources/*.fa"))
 def _dna(cfg: TaskConfig) -> TaskData:
+    opt = read_options(cfg, DNA_DEFAULTS)
     folder = _janggu_resources()
     arrays = {}
     for split, (pos, neg) in DNA_FILES.items():
         xp, xn = one_hot_fasta(folder / pos), one_hot_fasta(folder / neg)
         arrays[split] = (np.concatenate([xp, xn]),
                          np.concatenate([np.ones(len(xp), np.int64), np.zeros(len(xn), np.int64)]))
+    notes = ["train: janggu sample.fa / sample2.fa; test: *_test.fa"]
+    if opt["heldout_test"]:
+        arrays["train"], arrays["test"] = heldout_split(*arrays["train"], opt["heldout_test"],
+                                                        cfg.split_seed)
+        notes = [f"test: {opt['heldout_test']} sequences held out of sample.fa / sample2.fa "
+                 f"(stratified, task.split_seed {cfg.split_seed}); train: the rest; the "
+                 f"200 official *_test.fa sequences are not used"]
     return TaskData(REGISTRY["dna"].spec, *arrays["train"], None, None, *arrays["test"],
-                    label_names=["MafK", "Oct4"], notes=["train: janggu sample.fa / sample2.fa; test: *_test.fa"])
+                    label_names=["MafK", "Oct4"], notes=notes)
+
+
+def heldout_split(x: np.ndarray, y: np.ndarray, n_test: int, seed: int) -> tuple:
+    """((x, y) train, (x, y) test): `n_test` samples drawn stratified by label with `seed`."""
+    if not 1 <= n_test < len(x) - 1:
+        raise UserError(f"task 'dna': option heldout_test must be between 1 and {len(x) - 2} "
+                        f"(the training files hold {len(x)} sequences), got {n_test}")
+    from sklearn.model_selection import train_test_split
+    xtr, xte, ytr, yte = train_test_split(x, y, test_size=n_test, random_state=seed,
+                                          stratify=y)
+    return (xtr, ytr), (xte, yte)
 
 
 def _janggu_resources() -> Path:

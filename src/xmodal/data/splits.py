@@ -1,5 +1,5 @@
 """From loaded arrays to a task ready to train: validation carving (`task.split_seed`, never
-from test), `max_train` / `max_test` subsampling, and validation of shapes, labels and
+from test), `max_train` / `max_test` / `max_val` subsampling, and validation of shapes, labels and
 finiteness. Also the input normalisation and label encoding that loaders share.
 """
 
@@ -26,6 +26,9 @@ def prepare(data: TaskData, cfg: TaskConfig) -> TaskData:
         idx = np.sort(rng.choice(len(data.x_test), cfg.max_test, replace=False))
         data = replace(data, x_test=data.x_test[idx], y_test=data.y_test[idx])
         vdx = np.sort(rng.choice(len(data.x_val), min(cfg.max_test, len(data.x_val)), replace=False))
+        data = replace(data, x_val=data.x_val[vdx], y_val=data.y_val[vdx])
+    if cfg.max_val is not None and cfg.max_val < len(data.x_val):
+        vdx = np.sort(rng.choice(len(data.x_val), cfg.max_val, replace=False))
         data = replace(data, x_val=data.x_val[vdx], y_val=data.y_val[vdx])
     return data
 

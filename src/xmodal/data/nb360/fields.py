@@ -10,7 +10,8 @@ import numpy as np
 
 from ...config import TaskConfig
 from ...errors import UserError
-from ..darcy import dense_task_data, read_options, split_tail
+from ..darcy import dense_task_data, split_tail
+from ..options import read_options
 from ..registry import REGISTRY, register
 from ..types import TaskData, TaskSpec
 from .files import bad_file, find_file

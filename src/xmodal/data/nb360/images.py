@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ...config import TaskConfig
 from ...errors import UserError
-from ..darcy import read_options
+from ..options import read_options
 from ..registry import REGISTRY, register
 from ..types import TaskData, TaskSpec
 from .files import _check_shape, _int_labels, _load_npy, _load_pickle, _same_length, bad_file, find_file

@@ -10,7 +10,7 @@ import numpy as np
 
 from ...config import TaskConfig
 from ...errors import UserError
-from ..darcy import read_options
+from ..options import read_options
 from ..registry import REGISTRY, register
 from ..types import TaskData, TaskSpec
 from .files import _check_shape, _int_labels, _load_pickle, _pickled_dict, _same_length, bad_file, find_file
