@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+from scipy import stats as sps
 import pytest
 
 from xmodal.errors import UserError
@@ -88,7 +89,7 @@ def test_proxy_sentences_follow_the_numbers(tmp_path):
     italy = [s for s in said if s.startswith("On italypower, embedder")][0]
     assert "beat naive fine-tuning significantly with text and fake-text" in italy
     assert any(s.startswith("On digits, the choice of proxy mattered") for s in said)
-    assert any(s.startswith("On italypower, the choice of proxy made no significant difference")
+    assert any(s.startswith("On italypower, the choice of proxy: inconclusive")
                for s in said)
     # only the experiment present is reported; the failed run is listed
     assert "RQ1" in md and "RQ2" not in md and "RQ3" not in md and "RQ4" not in md
@@ -96,10 +97,10 @@ def test_proxy_sentences_follow_the_numbers(tmp_path):
     assert "Holm-adjusted" in md and "95% confidence interval" in md
     # table values are the stored numbers
     assert "| digits | text | 3 | 0.210 ± 0.025 |" in md
-    assert "| digits | fake-text | 3 | 0.110 ± 0.012 | 0.120 ± 0.012 | - | no significant " \
-           "difference (paired t, n=3, p_Holm = 1.000) |" in md
+    assert "| digits | fake-text | 3 | 0.110 ± 0.012 | 0.120 ± 0.012 | - | inconclusive " \
+           "(paired t, n=3, p_Holm = 1.000) |" in md
     assert "| this study | Embedder training vs naive fine-tuning (4 task-proxy comparisons): 2 " \
-           "significantly lower error, 1 higher, 1 no significant difference." in md
+           "significantly lower error, 1 higher, 0 equivalent, 1 inconclusive." in md
     figs = list((tmp_path / "report").glob("*.png"))
     assert [f.name for f in figs] == ["rq1-proxy.png"]
     assert figs[0].read_bytes()[:8] == PNG and figs[0].stat().st_size > 10_000
@@ -160,7 +161,7 @@ def test_all_four_experiments(tmp_path):
     emb = [s for s in said if "trained embedder beat the untrained" in s][0]
     assert "in 0 of 4 freezing modes" in emb
     rq4 = [s for s in said if "pre-training" in s][0]
-    assert "pre-training made no significant difference" in rq4
+    assert "the effect of pre-training: inconclusive" in rq4
     assert "best pre-trained body (roberta-base)" in rq4 and "-1.00" in rq4
     names = sorted(f.name for f in (tmp_path / "report").glob("*.png"))
     assert names == ["rq1-proxy.png", "rq2-align-epochs-align.png", "rq3-freezing.png",
@@ -205,8 +206,8 @@ def test_two_seeds_that_agree_give_no_verdict(tmp_path):
     assert _sentences(md) == ["On digits, embedder training against naive fine-tuning: not "
                               "enough seeds for a verdict (0-1 error: naive 0.177 ± 0.000; "
                               "text 0.157 ± 0.000)."]
-    assert "0 significantly lower error, 0 higher, 0 no significant difference, 1 not enough " \
-           "seeds" in md
+    assert "0 significantly lower error, 0 higher, 0 equivalent, 0 inconclusive, 1 not " \
+           "enough seeds" in md
 
 
 def test_report_needs_finished_runs(tmp_path):
@@ -270,18 +271,18 @@ def test_unequal_spreads_are_judged_by_the_paired_test(tmp_path):
     assert cis["fake-text"] == "0.240 ± 0.013" and cis["naive"].endswith("± 0.161")
     last = {k: interval([x + 0.01 for x in v]) for k, v in values.items()}
     assert f"| digits | naive | 4 | {cis['naive']} | {last['naive']} | - |  |" in md
-    assert f"| digits | text | 4 | {cis['text']} | {last['text']} | - | better (paired t, " \
+    assert f"| digits | text | 4 | {cis['text']} | {last['text']} | - | lower (paired t, " \
            f"n=4, p_Holm = {adj['text']:.3f}) |" in md
-    assert f"| digits | fake-text | 4 | {cis['fake-text']} | {last['fake-text']} | - | no " \
-           f"significant difference (paired t, n=4, p_Holm = {adj['fake-text']:.3f}) |" in md
+    assert f"| digits | fake-text | 4 | {cis['fake-text']} | {last['fake-text']} | - | " \
+           f"inconclusive (paired t, n=4, p_Holm = {adj['fake-text']:.3f}) |" in md
     said = _sentences(md)
     assert said[0] == (f"On digits, embedder training beat naive fine-tuning significantly with "
                        f"text (0-1 error: naive {cis['naive']}; text {cis['text']}; fake-text "
                        f"{cis['fake-text']}).")
-    assert said[1] == "On digits, the choice of proxy made no significant difference " \
-                      "(text, fake-text)."
-    assert "2 task-proxy comparisons): 1 significantly lower error, 0 higher, 1 no " \
-           "significant difference." in md
+    assert said[1] == "On digits, the choice of proxy: inconclusive, neither a difference " \
+                      "nor equivalence shown (text, fake-text)."
+    assert "2 task-proxy comparisons): 1 significantly lower error, 0 higher, 0 " \
+           "equivalent, 1 inconclusive." in md
 
 
 def test_freezing_verdicts_with_unequal_spreads(tmp_path):
@@ -320,7 +321,7 @@ def test_freezing_verdicts_with_unequal_spreads(tmp_path):
                     f"body (all (embedder + body + predictor)) 0-1 error "
                     f"{interval(values['trained', 'all'])} vs best mode that freezes it "
                     f"(freeze body) {interval(values['trained', 'freeze-body'])}.")
-    words = {"same": "no significant difference", "better": "better"}
+    words = {"same": "inconclusive", "better": "lower"}
     for mode, text in (("all", "all (embedder + body + predictor)"),
                        ("freeze-body", "freeze body")):
         row = (f"| gunpoint | {text} | {interval(values['trained', mode])} | "
@@ -363,9 +364,9 @@ def test_custom_part_table_and_sentences(tmp_path):
     last = {k: interval([x + 0.01 for x in v]) for k, v in values.items()}
     assert "## Custom study: part 'sweep'" in md
     assert f"| gunpoint | a | 4 | {ci['a']} | {last['a']} | lowest mean |" in md
-    assert f"| gunpoint | b | 4 | {ci['b']} | {last['b']} | worse (paired t, n=4, " \
+    assert f"| gunpoint | b | 4 | {ci['b']} | {last['b']} | higher (paired t, n=4, " \
            f"p_Holm = {adj['b']:.3f}) |" in md
-    assert f"| gunpoint | c | 4 | {ci['c']} | {last['c']} | no significant difference " \
+    assert f"| gunpoint | c | 4 | {ci['c']} | {last['c']} | inconclusive " \
            f"(paired t, n=4, p_Holm = {adj['c']:.3f}) |" in md
     assert f"| gunpoint | d | 2 | {ci['d']} | {last['d']} | not enough seeds (2 seed(s); " \
            f"need 3) |" in md
@@ -376,3 +377,25 @@ def test_custom_part_table_and_sentences(tmp_path):
                     f"it with d."]
     assert "| darcy |" not in md  # a task whose runs all failed has no row
     assert (tmp_path / "report" / "custom-custom-sweep.png").read_bytes().startswith(PNG)
+
+
+def test_rq2_correlates_otdd_not_the_epoch_number(tmp_path):
+    """RQ2's rho is Spearman's of the mean OTDD at each embedder epoch with the mean error after
+    fine-tuning from that epoch. OTDD here is not monotone in the epoch, so the epoch number,
+    the final OTDD or the first one would each give another rho (-0.80, none, none)."""
+    b = Builder(tmp_path)
+    otdd = {0: 5.0, 1: 2.0, 2: 4.0, 3: 1.0}
+    trace = lambda seed: [{"epoch": e, "value": v + 0.01 * seed, "seconds": 0.1}  # noqa: E731
+                          for e, v in otdd.items()]
+    errors = {0: 0.50, 1: 0.20, 2: 0.40, 3: 0.10}
+    for e, err in errors.items():
+        b.add("align", "align-epochs", "gunpoint", [err, err + 0.01, err + 0.02],
+              {"label": str(e)}, trace=trace, proxy="text", from_epoch=e)
+    b.store.close()
+    md = write_report(tmp_path).read_text()
+    rq2 = [s for s in _sentences(md) if s.startswith("On gunpoint, OTDD")][0]
+    rho = sps.spearmanr(list(otdd.values()), list(errors.values())).statistic
+    wrong = sps.spearmanr(list(otdd), list(errors.values())).statistic
+    assert rho == pytest.approx(1.0) and wrong == pytest.approx(-0.8)
+    # exact two-sided permutation p of rho = 1 over 4! orderings: 2 / 24
+    assert "over 4 embedder epochs: +1.00, p = 0.083 (lower OTDD went with lower error" in rq2

@@ -77,7 +77,7 @@ def test_family_adjusts_together_and_calls_directions():
     assert fam.verdict("a vs b") == expect
     assert fam.verdict("b vs a") == {"worse": "better", "same": "same"}[expect]
     assert fam.verdict("a vs a") == "same"
-    assert fam.text("a vs a") == "no significant difference (paired t, n=4, p_Holm = 1.000)"
+    assert fam.text("a vs a") == "inconclusive (paired t, n=4, p_Holm = 1.000)"
 
 
 def test_a_raw_p_below_alpha_can_fail_after_holm():
@@ -122,7 +122,8 @@ def test_family_counts_its_verdicts():
     fam.add("same", Stat(A, [0, 1, 2, 3]), Stat(A, [0, 1, 2, 3]))
     fam.add("same too", Stat(B, [0, 1, 2, 3]), Stat(B, [0, 1, 2, 3]))
     fam.add("unknown", Stat([0.1, 0.2], [0, 1]), Stat([0.3, 0.4], [0, 1]))
-    assert fam.adjust().counts() == {"better": 1, "worse": 1, "same": 2, "unknown": 1}
+    assert fam.adjust().counts() == {"better": 1, "worse": 1, "equivalent": 0, "same": 2,
+                                     "unknown": 1}
 
 
 @pytest.mark.parametrize("x, digits, text", [
@@ -163,3 +164,34 @@ def test_spearman_range_of_one_and_seven_points_exact():
                                  permutation_type="pairings", n_resamples=np.inf).pvalue
     assert spearman(x, y)[1] == pytest.approx(exact)
     assert exact != pytest.approx(sps.spearmanr(x, y).pvalue, rel=1e-3)
+
+
+def test_family_equivalence_is_scipys_tost_after_holm():
+    """With a margin, a comparison that is not significantly different is `equivalent` only
+    when both one-sided tests reject after Holm's adjustment (scipy, computed here)."""
+    from scipy import stats as sps
+    a = [0.300, 0.302, 0.299, 0.301, 0.300]
+    b = [0.301, 0.300, 0.300, 0.302, 0.299]          # |diff| tiny, spread tiny: equivalent
+    c = [0.310, 0.260, 0.340, 0.280, 0.330]          # same mean region, wide: inconclusive
+    seeds = [0, 1, 2, 3, 4]
+    fam = Family()
+    fam.add("ab", Stat(a, seeds), Stat(b, seeds), margin=0.01)
+    fam.add("ac", Stat(a, seeds), Stat(c, seeds), margin=0.01)
+    fam.adjust()
+    raw = {}
+    for key, other in (("ab", b), ("ac", c)):
+        d = np.array(a) - np.array(other)
+        raw[key] = max(sps.ttest_1samp(d, -0.01, alternative="greater").pvalue,
+                       sps.ttest_1samp(d, 0.01, alternative="less").pvalue)
+    lo, hi = sorted(raw, key=raw.get)
+    expect = {lo: min(1.0, 2 * raw[lo]), hi: max(min(1.0, 2 * raw[lo]), raw[hi])}
+    for key in raw:
+        assert fam.tests[key].p_equiv_holm == pytest.approx(expect[key])
+    assert fam.verdict("ab") == "equivalent" and fam.verdict("ac") == "same"
+    assert fam.text("ab").startswith("equivalent (TOST ±0.0100, n=5, p_Holm")
+    assert fam.text("ac").startswith("inconclusive (paired t, n=5")
+    # the same numbers without a margin: never equivalent
+    plain = Family()
+    plain.add("ab", Stat(a, seeds), Stat(b, seeds))
+    plain.adjust()
+    assert plain.verdict("ab") == "same"

@@ -55,5 +55,5 @@ def test_report_reads_every_section_against_the_baselines(tmp_path):
     best = min(np.mean(v) for k, v in by_method.items() if k != "none")
     how = "beats" if ours < best else "loses to"
     assert f"italypower: the best fine-tuned setting (ft: all" in text
-    assert how in text or "is not significantly different from" in text
+    assert how in text or "is neither shown different from nor equivalent to" in text
     assert "custom-custom-ft.png" in text

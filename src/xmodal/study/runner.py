@@ -25,6 +25,7 @@ from ..runs.folder import Summary
 from .execute import available_cores, execute, worker_init
 from .liveness import process_token
 from .plan import Plan, PlannedRun, expand
+from .sequential import next_round, sequential_of
 from .spec import load_spec
 from .store import DB_NAME, Store, is_store
 
@@ -139,9 +140,34 @@ def run_study(spec: str | Path | dict, out: str | Path, *, tasks: Optional[list[
     prepare_dir(out, fresh)
     store = Store(out, create=True)
     try:
-        return _run_plan(plan, store, out, workers, quiet, progress)
+        return _run_rounds(plan, store, out, tasks, overrides, quiet, seeds is None,
+                           lambda p: _run_plan(p, store, out, workers, quiet, progress))
     finally:
         store.close()
+
+
+def _run_rounds(plan: Plan, store: Store, out: Path, tasks, overrides, quiet: bool,
+                sequential: bool, run_plan) -> Outcome:
+    """`run_plan(plan)`, then the rounds of sequential seeding the spec asks for (if any, and
+    unless `--seeds` chose the seeds): more seeds for the settings of comparisons still
+    inconclusive (`study.sequential`)."""
+    outcome = run_plan(plan)
+    seq = sequential_of(plan.spec) if sequential else None
+    n_round = 0
+    while seq is not None and outcome.ok:
+        from .report.render import decide
+        extra = next_round(plan.spec, out, decide(out), store.runs(), seq, tasks, overrides)
+        if extra is None:
+            break
+        n_round += 1
+        if not quiet:
+            print(f"sequential seeding, round {n_round}: {len(extra.runs)} more run(s) for "
+                  f"comparisons still inconclusive", file=sys.stderr, flush=True)
+        more = run_plan(extra)
+        outcome = Outcome(outcome.total + more.total - more.skipped, outcome.done + more.done
+                          - more.skipped, outcome.failed + more.failed, outcome.skipped,
+                          outcome.seconds + more.seconds)
+    return outcome
 
 
 def _run_study_ray(spec, out, tasks, seeds, overrides, workers, fresh, quiet, progress,
@@ -163,8 +189,10 @@ def _run_study_ray(spec, out, tasks, seeds, overrides, workers, fresh, quiet, pr
         warnings = pool.check_folder(out)
         store = Store(out, create=True)
         try:
-            return _run_plan(plan, store, out, workers, quiet, progress, runner=pool,
-                             notes=[pool.describe()] + warnings)
+            notes = [pool.describe()] + warnings
+            return _run_rounds(plan, store, out, tasks, overrides, quiet, seeds is None,
+                               lambda p: _run_plan(p, store, out, workers, quiet, progress,
+                                                   runner=pool, notes=notes))
         finally:
             store.close()
     finally:
@@ -187,10 +215,11 @@ def _run_plan(plan: Plan, store: Store, out: Path, workers: int, quiet: bool,
                   f"; {workers} run(s) at a time)"))
     for note in (notes or []) + plan.notes:
         console.line(f"note: {note}")
-    if runner is None:
+    owned = runner is None     # a runner handed in (Ray) is closed by whoever made it
+    if owned:
         runner = _InProcess(progress and not quiet) if workers == 1 else \
             _Pool(workers, max(1, available_cores() // workers))
-    loop = _Loop(plan, store, out, workers, runner, console)
+    loop = _Loop(plan, store, out, workers, runner, console, close_runner=owned)
     loop.run()
     final = store.statuses()
     done = sum(final.get(r.id) == "done" for r in plan.runs)
@@ -210,8 +239,10 @@ class _Loop:
     and records each result in the store as it arrives. Runs of one alignment group wait until
     the first of them has filled the shared embedder cache."""
 
-    def __init__(self, plan: Plan, store: Store, out: Path, workers: int, runner, console):
+    def __init__(self, plan: Plan, store: Store, out: Path, workers: int, runner, console,
+                 close_runner: bool = True):
         self.plan, self.store, self.out, self.workers = plan, store, out, workers
+        self.close_runner = close_runner
         self.runner, self.console = runner, console
         self.by_id = {r.id: r for r in plan.runs}
         self.token = process_token()
@@ -236,7 +267,8 @@ class _Loop:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        self.runner.close()
+        if self.close_runner:
+            self.runner.close()
         self.console.close()
 
     def _step(self) -> bool:

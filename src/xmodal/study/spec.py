@@ -23,7 +23,7 @@ from ..config.choices import BASELINES, EXPERIMENTS
 from ..errors import UserError
 
 SPEC_KEYS = {"name", "description", "experiment", "base", "tasks", "seeds", "axes", "variants",
-             "parts", "set", "notes", "workers", "margins"}
+             "parts", "set", "notes", "workers", "margins", "sequential"}
 PART_KEYS = {"name", "experiment", "description", "tasks", "seeds", "axes", "variants", "set",
              "methods"}
 VARIANT_KEYS = {"label", "set", "tags", "if_body"}
@@ -102,6 +102,21 @@ def validate_spec(spec: dict, origin: str = "spec") -> None:
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         fail("'workers' (the default for --workers) must be an integer >= 1")
     _check_margins(spec.get("margins", {}), fail)
+    _check_sequential(spec.get("sequential"), fail)
+
+
+def _check_sequential(block, fail) -> None:
+    """`sequential: {max_seeds: N, step: k}`: the stopping rule of sequential seeding
+    (`study.sequential`), fixed before the runs."""
+    if block is None:
+        return
+    if not isinstance(block, dict) or "max_seeds" not in block or set(block) - {"max_seeds", "step"}:
+        fail(f"'sequential' must be {{max_seeds: N, step: k}} (step optional, default 2); "
+             f"got {block!r}")
+    for key in ("max_seeds", "step"):
+        value = block.get(key, 2)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            fail(f"sequential.{key} must be an integer >= 1; got {value!r}")
 
 
 def _check_margins(margins, fail) -> None:

@@ -100,9 +100,12 @@ class Comparison:
     diff: float
     p: Optional[float] = None
     p_holm: Optional[float] = None
+    margin: Optional[float] = None
+    p_equiv: Optional[float] = None       # TOST within the margin (paired only)
+    p_equiv_holm: Optional[float] = None
 
 
-def compare(a: Stat, b: Stat) -> Comparison:
+def compare(a: Stat, b: Stat, margin: Optional[float] = None) -> Comparison:
     """Two-sided test of mean(a) = mean(b): paired by seed where >= MIN_SEEDS seeds are shared,
     else Welch's; "not enough seeds" (p None) with fewer than MIN_SEEDS on a side."""
     diff = a.mean - b.mean
@@ -110,7 +113,9 @@ def compare(a: Stat, b: Stat) -> Comparison:
         return Comparison("not enough seeds", min(a.n, b.n), diff)
     xa, xb = paired(a, b)
     if len(xa) >= MIN_SEEDS:
-        return Comparison("paired t", len(xa), diff, _paired_p(xa - xb))
+        d = xa - xb
+        return Comparison("paired t", len(xa), diff, _paired_p(d), margin=margin,
+                          p_equiv=None if margin is None else tost_p(d, margin))
     return Comparison("Welch t", min(a.n, b.n), diff, _welch_p(np.asarray(a.values, float),
                                                          np.asarray(b.values, float)))
 
@@ -129,6 +134,18 @@ def _paired_p(d: np.ndarray) -> float:
     if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):
         return 1.0 if abs(float(d.mean())) <= 1e-12 else 0.0
     return float(sps.ttest_1samp(d, 0.0).pvalue)
+
+
+def tost_p(d: np.ndarray, margin: float) -> float:
+    """p of the paired equivalence test (TOST, Schuirmann 1987) of |E[d]| < margin: the larger
+    of the one-sided p-values of H0: E[d] <= -margin and H0: E[d] >= +margin
+    (`scipy.stats.ttest_1samp`). No spread: 0 if |d| < margin, else 1."""
+    d = np.asarray(d, float)
+    if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):
+        return 0.0 if abs(float(d.mean())) < margin else 1.0
+    low = sps.ttest_1samp(d, -margin, alternative="greater").pvalue
+    high = sps.ttest_1samp(d, margin, alternative="less").pvalue
+    return float(max(low, high))
 
 
 def _welch_p(a: np.ndarray, b: np.ndarray) -> float:
@@ -158,28 +175,36 @@ def holm(pvalues: list) -> list:
 @dataclass
 class Family:
     """The comparisons of one question (a report section), Holm-adjusted together: `add` them
-    all first, then `adjust`, then read `verdict` / `text`."""
+    all first, then `adjust`, then read `verdict` / `text`. Verdicts use the vocabulary of
+    `study.verdicts`: a comparison with a margin that shows neither a difference nor
+    equivalence is `inconclusive`, never "no difference"."""
     tests: dict = field(default_factory=dict)
 
-    def add(self, key, a: Stat, b: Stat) -> Comparison:
-        self.tests[key] = compare(a, b)
+    def add(self, key, a: Stat, b: Stat, margin: Optional[float] = None) -> Comparison:
+        self.tests[key] = compare(a, b, margin)
         return self.tests[key]
 
     def adjust(self) -> "Family":
         tested = [t for t in self.tests.values() if t.p is not None]
         for t, p in zip(tested, holm([t.p for t in tested])):
             t.p_holm = p
+        equiv = [t for t in tested if t.p_equiv is not None]
+        for t, p in zip(equiv, holm([t.p_equiv for t in equiv])):
+            t.p_equiv_holm = p
         return self
 
     def verdict(self, key) -> str:
-        """'better' / 'worse' (a lower / higher than b, adjusted p < ALPHA), 'same' (not
-        significant) or 'unknown' (not enough seeds)."""
+        """'better' / 'worse' (a lower / higher than b, adjusted p < ALPHA), 'equivalent'
+        (TOST within the task's margin, adjusted p < ALPHA), 'same' (inconclusive: neither
+        shown) or 'unknown' (not enough seeds)."""
         t = self.tests[key]
         if t.p_holm is None:
             return "unknown"
-        if t.p_holm >= ALPHA:
-            return "same"
-        return "better" if t.diff < 0 else "worse"
+        if t.p_holm < ALPHA:
+            return "better" if t.diff < 0 else "worse"
+        if t.p_equiv_holm is not None and t.p_equiv_holm < ALPHA:
+            return "equivalent"
+        return "same"
 
     def text(self, key) -> str:
         """The verdict with its evidence, e.g. 'better (paired t, n=3, p_Holm = 0.012)'."""
@@ -190,18 +215,20 @@ class Family:
         t = self.tests[key]
         if t.p_holm is None:
             return f"{t.n} seed(s); need {MIN_SEEDS}"
+        if self.verdict(key) == "equivalent":
+            return f"TOST ±{num(t.margin)}, n={t.n}, p_Holm {p_text(t.p_equiv_holm)}"
         return f"{t.name}, n={t.n}, p_Holm {p_text(t.p_holm)}"
 
     def counts(self) -> dict:
-        """How many tests came out better / worse / same / unknown."""
-        out = {"better": 0, "worse": 0, "same": 0, "unknown": 0}
+        """How many tests came out better / worse / equivalent / same / unknown."""
+        out = {"better": 0, "worse": 0, "equivalent": 0, "same": 0, "unknown": 0}
         for key in self.tests:
             out[self.verdict(key)] += 1
         return out
 
 
-VERDICT_TEXT = {"better": "better", "worse": "worse", "same": "no significant difference",
-                "unknown": "not enough seeds"}
+VERDICT_TEXT = {"better": "lower", "worse": "higher", "equivalent": "equivalent",
+                "same": "inconclusive", "unknown": "not enough seeds"}
 
 
 def p_text(p: float) -> str:

@@ -50,7 +50,7 @@ def reference_lines(axes, refs: dict, draw_on=None) -> None:
                            label=f"{method} (baseline)")
 
 
-def section_baselines(parts: list[Part], refs: dict) -> Section:
+def section_baselines(parts: list[Part], refs: dict, margins: Optional[dict] = None) -> Section:
     sec = Section(EXPERIMENTS["baselines"].title)
     fam = Family()
     rows, pairs = [], []
@@ -63,7 +63,7 @@ def section_baselines(parts: list[Part], refs: dict) -> Section:
         if ours is None:
             continue
         name, runs = ours
-        fam.add(task, stat_of(runs), stat_of(methods[best_base]))
+        fam.add(task, stat_of(runs), stat_of(methods[best_base]), (margins or {}).get(task))
         pairs.append((task, name, runs, best_base, methods[best_base]))
     fam.adjust()
     sentences = []
@@ -71,8 +71,10 @@ def section_baselines(parts: list[Part], refs: dict) -> Section:
         verdict = fam.verdict(task)
         rows.append([task, f"best fine-tuned: {name}", str(stat_of(runs).n),
                      stat_of(runs).text(), fam.text(task)])
-        how = {"better": "beats", "worse": "loses to", "same": "is not significantly "
-               "different from", "unknown": "cannot yet be compared with"}[verdict]
+        how = {"better": "beats", "worse": "loses to",
+               "equivalent": "is equivalent (within the margin) to",
+               "same": "is neither shown different from nor equivalent to",
+               "unknown": "cannot yet be compared with"}[verdict]
         sentences.append(f"{task}: the best fine-tuned setting ({name}, "
                          f"{stat_of(runs).text()}) {how} the best domain baseline ({base_name}, "
                          f"{stat_of(base_runs).text()}; {fam.evidence(task)}).")

@@ -47,8 +47,9 @@ def _sentence(task: str, best: str, groups: dict, fam: Family) -> str:
     significantly lower than Y; not enough seeds to compare it with Z.'"""
     others = [k for k in groups if k != best]
     said = {v: [k for k in others if fam.verdict((task, k)) == v]
-            for v in ("worse", "same", "unknown")}
-    words = {"worse": "significantly lower than {}", "same": "not significantly lower than {}",
+            for v in ("worse", "equivalent", "same", "unknown")}
+    words = {"worse": "significantly lower than {}", "equivalent": "equivalent to {} within the margin",
+             "same": "not significantly lower than {}",
              "unknown": "not enough seeds to compare it with {}"}
     clauses = [words[v].format(join(ks)) for v, ks in said.items() if ks]
     return (f"On {task}, the lowest mean error came from {best} "
@@ -65,5 +66,6 @@ def _tests(part: Part, key) -> Family:
             best = _best(groups)
             for k in groups:
                 if k != best:
-                    fam.add((task, k), stat_of(groups[k]), stat_of(groups[best]))
+                    fam.add((task, k), stat_of(groups[k]), stat_of(groups[best]),
+                            part.margin(task))
     return fam.adjust()

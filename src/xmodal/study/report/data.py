@@ -58,6 +58,10 @@ class Part:
     experiment: str
     runs: list = field(default_factory=list)
     refs: dict = field(default_factory=dict)   # {task: {baseline method: [runs]}}
+    margins: dict = field(default_factory=dict)  # {task: equivalence margin} from the spec
+
+    def margin(self, task: str) -> Optional[float]:
+        return self.margins.get(task)
 
     def tasks(self) -> list[str]:
         return list(dict.fromkeys(r.task for r in self.runs))

@@ -51,8 +51,11 @@ def build(parts: list[Part], refs: dict, margins: dict, modality) -> tuple:
     comparisons, claims = [], {}
     for q, (meta, fam) in families.items():
         fam.adjust()
-        comparisons += fam.records(q, lambda key, meta=meta: meta[key][:3])
-        for key, (task, _a, _b, claim) in meta.items():
+        records = fam.records(q, lambda key, meta=meta: meta[key][:3])
+        for rec, key in zip(records, fam.tests):   # which runs gave the numbers
+            rec["runs_a"], rec["runs_b"] = meta[key][4], meta[key][5]
+        comparisons += records
+        for key, (task, _a, _b, claim, *_ids) in meta.items():
             if claim:
                 claims.setdefault((claim, task), []).append(fam.verdict(key))
     claim_rows = [{"question": CLAIMS[c][0], "task": task, "claim": CLAIMS[c][1],
@@ -61,15 +64,15 @@ def build(parts: list[Part], refs: dict, margins: dict, modality) -> tuple:
     return _section(families, claim_rows, margins), comparisons, claim_rows
 
 
-def _margin(margins: dict, task: str) -> Optional[float]:
+def margin_of(margins: dict, task: str) -> Optional[float]:
     m = margins.get(task)
     return None if m is None else float(m["margin"] if isinstance(m, dict) else m)
 
 
 def _add(meta: dict, fam: DecisionFamily, key, task, a_label, b_label, a_runs, b_runs,
          margins, claim=None) -> None:
-    meta[key] = (task, a_label, b_label, claim)
-    fam.add(key, stat_of(a_runs), stat_of(b_runs), _margin(margins, task))
+    meta[key] = (task, a_label, b_label, claim, [r.id for r in a_runs], [r.id for r in b_runs])
+    fam.add(key, stat_of(a_runs), stat_of(b_runs), margin_of(margins, task))
 
 
 def _rq1(part: Part, meta, fam, margins, modality) -> None:
@@ -176,12 +179,12 @@ def _section(families: dict, claims: list, margins: dict) -> Section:
     sec.blocks.append(("p", RULE))
     if margins:
         sec.blocks.append(("table", ["task", "equivalence margin", "reason (fixed in the spec)"],
-                           [[t, str(_margin(margins, t)),
+                           [[t, str(margin_of(margins, t)),
                              (m.get("reason", "") if isinstance(m, dict) else "")]
                             for t, m in margins.items()]))
     rows = []
     for q, (meta, fam) in families.items():
-        for key, (task, a, b, _claim) in meta.items():
+        for key, (task, a, b, *_rest) in meta.items():
             rows.append([q, task, a, b, fam.text(key)])
     sec.blocks.append(("table", ["question", "task", "a", "b", "verdict"], rows))
     verdicts = [fam.verdict(key) for _meta, fam in families.values() for key in fam.tests]

@@ -44,25 +44,39 @@ def build_sections(folder: Path, out: Path) -> tuple[list[Section], dict]:
                         f"(see `xmodal study status {folder}`)")
     order = {name: i for i, name in enumerate(EXPERIMENTS)}   # the questions in turn
     refs = baseline_refs(parts)
+    margins = _margins(studies)
     sections = []
     for part in sorted(parts, key=lambda p: order.get(p.experiment, 9)):
         if part.experiment == "baselines" or not part.done():
             continue
         part.refs = refs
+        part.margins = {t: decisions.margin_of(margins, t) for t in margins}
         sec = SECTIONS[part.experiment](part, out)
         table = reference_table(part.tasks(), refs)
         if table is not None:   # before the closing paper-vs-ours table, where there is one
             sec.blocks.insert(len(sec.blocks) - (part.experiment != "custom"), table)
         sections.append(sec)
     if refs:
-        sections.append(section_baselines(parts, refs))
-    verdicts, comparisons, claims = decisions.build(parts, refs, _margins(studies), _modality)
+        sections.append(section_baselines(parts, refs, {t: decisions.margin_of(margins, t)
+                                                        for t in margins}))
+    verdicts, comparisons, claims = decisions.build(parts, refs, margins, _modality)
+    verdicts.blocks[1:1] = _sequential_note(studies, comparisons)
     sections.append(verdicts)
     seconds = sum(r["seconds"] or 0 for r in runs)
     meta = {"counts": counts, "studies": studies, "failed": failed, "run_seconds": seconds,
             "n_runs": len(runs), "verdicts": {"rule": VERDICT_RULE, "comparisons": comparisons,
                                               "claims": claims}}
     return sections, meta
+
+
+def decide(folder: str | Path) -> list[dict]:
+    """The study's comparisons with their verdicts (as in verdicts.json), without figures or
+    files: what sequential seeding reads between rounds."""
+    with Store(Path(folder)) as store:
+        parts = load_parts(store)
+        studies = store.studies()
+    refs = baseline_refs(parts)
+    return decisions.build(parts, refs, _margins(studies), _modality)[1]
 
 
 def write_report(folder: str | Path) -> Path:
@@ -80,6 +94,20 @@ def write_report(folder: str | Path) -> Path:
     write_text(out / "report.html", _html(md, out))
     write_json(out / "verdicts.json", meta["verdicts"])
     return out / "report.md"
+
+
+def _sequential_note(studies: list[dict], comparisons: list[dict]) -> list:
+    """The stopping rule of sequential seeding, when a spec used it, and the seeds it reached."""
+    from ..sequential import sequential_of
+    for s in studies:
+        seq = sequential_of(s.get("spec") or {})
+        if seq is None:
+            continue
+        first = len((s.get("spec") or {}).get("seeds") or [0])
+        ns = sorted({c["n"] for c in comparisons})
+        reached = f" Comparisons ended with {ns[0]} to {ns[-1]} shared seeds." if ns else ""
+        return [("p", seq.rule(first) + reached)]
+    return []
 
 
 def _margins(studies: list[dict]) -> dict:

@@ -79,10 +79,12 @@ def _tests(part: Part) -> Family:
         proxies = [k for k in groups if k != naive]
         for k in proxies:
             if naive:
-                fam.add(("vs-naive", task, k), stat_of(groups[k]), stat_of(groups[naive]))
+                fam.add(("vs-naive", task, k), stat_of(groups[k]), stat_of(groups[naive]),
+                        part.margin(task))
         for i, a in enumerate(proxies):
             for b in proxies[i + 1:]:
-                fam.add(("between", task, a, b), stat_of(groups[a]), stat_of(groups[b]))
+                fam.add(("between", task, a, b), stat_of(groups[a]), stat_of(groups[b]),
+                        part.margin(task))
     return fam.adjust()
 
 
@@ -101,8 +103,13 @@ def _naive_head(task: str, verdicts: dict) -> str:
     if better and worse:
         return (f"On {task}, embedder training beat naive fine-tuning significantly with "
                 f"{join(better)} but was worse with {join(worse)}")
-    return (f"On {task}, embedder training did not differ significantly from naive fine-tuning "
-            f"with any proxy")
+    equiv = [k for k, v in verdicts.items() if v == "equivalent"]
+    if equiv and len(equiv) == len(verdicts):
+        return (f"On {task}, embedder training was equivalent to naive fine-tuning (within the "
+                f"margin) with {join(equiv)}")
+    return (f"On {task}, embedder training against naive fine-tuning: inconclusive (no "
+            f"difference shown" + (f"; equivalent with {join(equiv)} only" if equiv else
+                                   ", and no equivalence") + ")")
 
 
 def _proxies_sentence(task: str, proxies: list, fam: Family) -> str:
@@ -116,8 +123,11 @@ def _proxies_sentence(task: str, proxies: list, fam: Family) -> str:
                          f"(p_Holm {p_text(fam.tests[('between', task, a, b)].p_holm)})"
                          for a, b, v in differ)
         return f"On {task}, the choice of proxy mattered significantly ({desc})."
-    return (f"On {task}, the choice of proxy made no significant difference "
-            f"({', '.join(proxies)}).")
+    if all(v == "equivalent" for _, _, v in pairs):
+        return (f"On {task}, the proxies were equivalent within the margin "
+                f"({', '.join(proxies)}).")
+    return (f"On {task}, the choice of proxy: inconclusive, neither a difference nor "
+            f"equivalence shown ({', '.join(proxies)}).")
 
 
 def _ours(part: Part, fam: Family) -> list:
@@ -126,17 +136,19 @@ def _ours(part: Part, fam: Family) -> list:
     between = [k for k in fam.tests if k[0] == "between"]
     out = []
     if vs_naive:
-        c = {v: sum(fam.verdict(k) == v for k in vs_naive) for v in ("better", "worse", "same",
-                                                                      "unknown")}
+        c = {v: sum(fam.verdict(k) == v for k in vs_naive) for v in ("better", "worse", "equivalent",
+                                                                      "same", "unknown")}
         out.append(f"Embedder training vs naive fine-tuning ({len(vs_naive)} task-proxy "
                    f"comparisons): {c['better']} significantly lower error, {c['worse']} higher, "
-                   f"{c['same']} no significant difference" +
+                   f"{c['equivalent']} equivalent, {c['same']} inconclusive" +
                    (f", {c['unknown']} not enough seeds" if c["unknown"] else "") + ".")
     if between:
         differ = [k for k in between if fam.verdict(k) in ("better", "worse")]
         tasks = list(dict.fromkeys(k[1] for k in differ))
+        same = sum(fam.verdict(k) == "equivalent" for k in between)
         out.append(f"Proxy vs proxy: {len(differ)} of {len(between)} comparisons differed "
-                   f"significantly" + (f" (on {join(tasks)})" if tasks else "") + ".")
+                   f"significantly" + (f" (on {join(tasks)})" if tasks else "") +
+                   f", {same} were equivalent within the margin.")
     return out
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ...config.choices import EXPERIMENTS
-from ..stats import Family, Stat, num, p_text, spearman
+from ..stats import VERDICT_TEXT, Family, Stat, num, p_text, spearman
 from .data import (Part, RunView, Section, group, join, metric_label,
                    paper_vs_ours, stat_of)
 from .baselines import reference_lines
@@ -128,7 +128,8 @@ def _tests(part: Part, tasks: list) -> Family:
     for task in tasks:
         by_epoch = group([r for r in part.done(task) if r.aligned], _from_epoch)
         if len(by_epoch) >= 2:
-            fam.add(task, stat_of(by_epoch[max(by_epoch)]), stat_of(by_epoch[min(by_epoch)]))
+            fam.add(task, stat_of(by_epoch[max(by_epoch)]), stat_of(by_epoch[min(by_epoch)]),
+                    part.margin(task))
     return fam.adjust()
 
 
@@ -150,8 +151,8 @@ def _ours(fam: Family, rhos: dict) -> list:
     if fam.tests:
         c = fam.counts()
         out.append(f"The last embedder epoch vs the first, over {len(fam.tests)} task(s): "
-                   f"{c['better']} significantly lower error, {c['worse']} higher, {c['same']} "
-                   f"no significant difference" +
+                   f"{c['better']} significantly lower error, {c['worse']} higher, "
+                   f"{c['equivalent']} equivalent, {c['same']} inconclusive" +
                    (f", {c['unknown']} not enough seeds" if c["unknown"] else "") + ".")
     return out
 
@@ -171,8 +172,7 @@ def _align_sentence(task: str, metric: str, trace: dict, by_epoch: dict, fam: Fa
     if len(ex) >= 2:
         e0, e1 = ex[0], ex[-1]
         s0, s1 = stat_of(by_epoch[e0]), stat_of(by_epoch[e1])
-        what = {"better": "lower", "worse": "higher", "same": "no significant difference",
-                "unknown": "not enough seeds"}[fam.verdict(task)]
+        what = VERDICT_TEXT[fam.verdict(task)]
         parts.append(f"; fine-tuning from the epoch-{e1} embedder gave {metric} {s1.text()} vs "
                      f"{s0.text()} from the epoch-{e0} embedder ({what}; {fam.evidence(task)})")
         best = min(ex, key=lambda e: stat_of(by_epoch[e]).mean)

@@ -33,7 +33,7 @@ def section_freezing(part: Part, out: Path) -> Section:
         sec.blocks.append(("img", path, f"{part.name}: curves per freezing mode"))
     stats = {t: _mode_stats(part.done(t), modes, kinds) for t in tasks}
     kind = "trained" if "trained" in kinds else (kinds[0] if kinds else None)
-    fam = _tests(stats, modes, kinds, kind)
+    fam = _tests(stats, modes, kinds, kind, part.margins)
     sec.blocks.append(("table", ["task", "fine-tuned", "trained embedder", "untrained embedder",
                                  "trained vs untrained"], _rows(part, tasks, stats, modes, fam)))
     sentences = _sentences(part, tasks, stats, modes, kinds, kind, fam)
@@ -131,18 +131,19 @@ def _best_modes(st: dict, modes: list, kind: str):
     return (min(on, key=lambda m: st[(m, kind)].mean), min(off, key=lambda m: st[(m, kind)].mean))
 
 
-def _tests(stats: dict, modes: list, kinds: list, kind) -> Family:
+def _tests(stats: dict, modes: list, kinds: list, kind, margins: dict) -> Family:
     """RQ3's family: per task, the best body-training mode vs the best body-freezing mode, and
     per mode the trained vs the untrained embedder."""
     fam = Family()
     for task, st in stats.items():
         best = _best_modes(st, modes, kind) if kind else None
         if best:
-            fam.add(("body", task), st[(best[0], kind)], st[(best[1], kind)])
+            fam.add(("body", task), st[(best[0], kind)], st[(best[1], kind)], margins.get(task))
         if len(kinds) == 2:
             for m in modes:
                 if st[(m, "trained")].n and st[(m, "untrained")].n:
-                    fam.add(("embedder", task, m), st[(m, "trained")], st[(m, "untrained")])
+                    fam.add(("embedder", task, m), st[(m, "trained")], st[(m, "untrained")],
+                            margins.get(task))
     return fam.adjust()
 
 
@@ -150,7 +151,8 @@ def _body_sentence(task: str, kind: str, metric: str, st: dict, modes: list, fam
     bon, boff = _best_modes(st, modes, kind)
     text = {"better": "fine-tuning the body helped significantly",
             "worse": "fine-tuning the body hurt significantly",
-            "same": "fine-tuning the body made no significant difference",
+            "equivalent": "fine-tuning the body made no difference beyond the margin (equivalent)",
+            "same": "the effect of fine-tuning the body: inconclusive",
             "unknown": "the effect of fine-tuning the body: not enough seeds for a verdict"}[
         fam.verdict(("body", task))]
     return (f"On {task} ({kind} embedder), {text} ({fam.evidence(('body', task))}): best mode "
@@ -170,6 +172,9 @@ def _embedder_sentence(task: str, verdicts: dict) -> str:
            + (f" ({join(better)})" if better else ""))
     if worse:
         msg += f" and was worse in {len(worse)} ({join(worse)})"
+    equiv = [_label(m) for m, v in verdicts.items() if v == "equivalent"]
+    if equiv:
+        msg += f"; equivalent within the margin in {len(equiv)} ({join(equiv)})"
     return msg + "."
 
 
@@ -180,9 +185,10 @@ def _ours(fam: Family) -> list:
         keys = [k for k in fam.tests if k[0] == tag]
         if not keys:
             continue
-        c = {v: sum(fam.verdict(k) == v for k in keys) for v in ("better", "worse", "same",
-                                                                  "unknown")}
+        c = {v: sum(fam.verdict(k) == v for k in keys) for v in ("better", "worse", "equivalent",
+                                                                  "same", "unknown")}
         out.append(f"{what} ({len(keys)} comparison(s)): {c['better']} significantly lower "
-                   f"error, {c['worse']} higher, {c['same']} no significant difference" +
+                   f"error, {c['worse']} higher, {c['equivalent']} equivalent, {c['same']} "
+                   f"inconclusive" +
                    (f", {c['unknown']} not enough seeds" if c["unknown"] else "") + ".")
     return out

@@ -134,7 +134,8 @@ def _sentence(task: str, view: _TaskView, fam: Family) -> str:
     best = min(view.pre, key=lambda k: stat_of(view.pre[k]).mean)
     text = {"better": "pre-training helped significantly",
             "worse": "pre-training hurt significantly",
-            "same": "pre-training made no significant difference",
+            "equivalent": "pre-training made no difference beyond the margin (equivalent)",
+            "same": "the effect of pre-training: inconclusive",
             "unknown": "the effect of pre-training: not enough seeds for a verdict"}[
         fam.verdict(task)]
     msg = (f"On {task}, {text} ({fam.evidence(task)}): best pre-trained body ({best}) "
@@ -163,18 +164,21 @@ def _tests(part: Part, tasks: list) -> Family:
         rnd, pre = _split(group(part.done(task), _pre_key))
         if rnd and pre:
             best = min(pre, key=lambda k: stat_of(pre[k]).mean)
-            fam.add(task, stat_of(pre[best]), stat_of(next(iter(rnd.values()))))
+            fam.add(task, stat_of(pre[best]), stat_of(next(iter(rnd.values()))),
+                    part.margin(task))
     return fam.adjust()
 
 
 def _ours(fam: Family) -> list:
     if not fam.tests:
         return []
-    by = {v: [t for t in fam.tests if fam.verdict(t) == v] for v in ("better", "worse", "same",
+    by = {v: [t for t in fam.tests if fam.verdict(t) == v] for v in ("better", "worse",
+                                                                     "equivalent", "same",
                                                                      "unknown")}
     return [f"The best pre-trained body vs random initialisation, over {len(fam.tests)} "
             f"task(s): pre-training helped significantly on {len(by['better'])}"
             + (f" ({join(by['better'])})" if by["better"] else "")
-            + f", hurt on {len(by['worse'])}, made no significant difference on "
-            f"{len(by['same'])}" + (f" ({join(by['same'])})" if by["same"] else "")
+            + f", hurt on {len(by['worse'])}, was equivalent within the margin on "
+            f"{len(by['equivalent'])}" + (f" ({join(by['equivalent'])})" if by["equivalent"] else "")
+            + f", inconclusive on {len(by['same'])}" + (f" ({join(by['same'])})" if by["same"] else "")
             + (f"; not enough seeds on {len(by['unknown'])}" if by["unknown"] else "") + "."]
