@@ -173,3 +173,23 @@ def test_round_trip_through_yaml_and_dict(tmp_path):
 def test_non_finite_and_negative_values_are_rejected(override, message):
     with pytest.raises(UserError, match=message):
         load_config(overrides=[override])
+
+
+def test_the_readmes_float_spelling_works_in_a_config_file(tmp_path):
+    """YAML 1.1 reads `1e-4` as a string; the README writes learning rates that way."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {lr: 1e-4, weight_decay: 5E-2}\nalign: {eps: 1.0e+0}\n")
+    cfg = load_config(path)
+    assert cfg.train.lr == 1e-4 and cfg.train.weight_decay == 0.05 and cfg.align.eps == 1.0
+    path.write_text("run: {name: '1e-4'}\n")          # quoted: still a string
+    assert load_config(path).run.name == "1e-4"
+
+
+def test_a_repeated_key_is_refused_not_silently_replaced(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 0.001\n  epochs: 3\n  lr: 0.1\n")
+    with pytest.raises(UserError, match=r"key 'lr' appears twice.*line 4"):
+        load_config(path)
+    path.write_text("a: &base {lr: 0.001}\ntrain: {<<: *base, epochs: 3}\n")   # merge keys: fine
+    with pytest.raises(UserError, match="unknown config key 'a'"):
+        load_config(path)

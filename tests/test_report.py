@@ -399,3 +399,17 @@ def test_rq2_correlates_otdd_not_the_epoch_number(tmp_path):
     assert rho == pytest.approx(1.0) and wrong == pytest.approx(-0.8)
     # exact two-sided permutation p of rho = 1 over 4! orderings: 2 / 24
     assert "over 4 embedder epochs: +1.00, p = 0.083 (lower OTDD went with lower error" in rq2
+
+
+def test_labels_cannot_inject_html_or_break_the_markdown(tmp_path):
+    b = Builder(tmp_path)
+    evil = "<script>alert(1)</script>\nsecond line"
+    b.add("proxy", "proxy", "digits", [0.10, 0.11, 0.12], {"label": "naive", "variant": "naive"})
+    b.add("proxy", "proxy", "digits", [0.20, 0.21, 0.22], {"label": evil, "variant": evil},
+          proxy="text")
+    b.store.close()
+    md = write_report(tmp_path).read_text()
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert not any(line.startswith("second line") for line in md.splitlines())
+    assert "<script>alert(1)</script> second line" in md

@@ -382,3 +382,12 @@ def test_subsample_sizes_below_one_are_refused(key):
     from xmodal.config import from_dict
     with pytest.raises(UserError, match=f"task.{key}' must be >= 1"):
         from_dict({"task": {"name": "dna", key: 0}})
+
+
+@pytest.mark.parametrize("labels", [[0, 1, 5], [0, 1, 10 ** 9], [1, 2, 3]])
+def test_npz_class_labels_with_gaps_are_refused(tmp_path, labels):
+    x, _ = labelled(30, (2, 16))
+    y = np.array([labels[i % 3] for i in range(30)])
+    path = save(tmp_path / "a.npz", x_train=x, y_train=y, x_test=x[:6], y_test=y[:6])
+    with pytest.raises(UserError, match=r"0\.\.K-1 without gaps \(3 classes, largest label"):
+        load(path)

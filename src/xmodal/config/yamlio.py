@@ -4,6 +4,7 @@ would hang or crash later (recursive aliases, alias bombs). Every problem is one
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,35 @@ from ..errors import UserError
 
 
 MAX_YAML_VALUES = 100_000   # values a YAML document may expand to through aliases
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-4` as a float (YAML 1.2; YAML 1.1 makes it a string) and
+    refuses a mapping that repeats a key (YAML 1.1 lets the last one win silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _value in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    repeated = key in seen
+                    seen.add(key)
+                except TypeError:        # unhashable key: SafeLoader's own error follows
+                    break
+                if repeated:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice in one mapping (keep one)",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -40,7 +70,7 @@ def parse_yaml(text: str, what: str) -> Any:
     """`yaml.safe_load` that refuses what would hang or crash later: recursive aliases and
     documents that expand to more than MAX_YAML_VALUES values through aliases (alias bombs).
     Every problem is one `UserError` line starting with `what`."""
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:

@@ -78,6 +78,11 @@ def _check_classes(ys: dict, path: str) -> None:
     if len(known) < 2:
         raise UserError(f"'{path}': y_train holds only class {known[0]}; classification needs "
                         f"at least two classes")
+    if known[-1] != len(known) - 1:   # a gap would add classes that never occur (10**9: 1.5 TB)
+        shown = ", ".join(map(str, known[:6])) + (" ..." if len(known) > 6 else "")
+        raise UserError(f"'{path}': y_train's classes are {shown}: class labels must be "
+                        f"0..K-1 without gaps ({len(known)} classes, largest label {known[-1]}); "
+                        f"renumber them, e.g. with np.unique(y, return_inverse=True)")
     for s, y in ys.items():
         unseen = np.setdiff1d(np.unique(y), known)
         if len(unseen):

@@ -148,6 +148,11 @@ def _header(folder: Path, meta: dict) -> list:
     return blocks
 
 
+def _one_line(text) -> str:
+    """A label with a newline must not end a list item or a paragraph early."""
+    return " ".join(str(text).splitlines())
+
+
 def _md_cell(x) -> str:
     return str(x).replace("|", "\\|").replace("\n", " ")
 
@@ -157,7 +162,7 @@ def _markdown(head: list, sections: list[Section], out: Path) -> str:
     for block in head:
         lines += _md_block(block, out, level=1)
     for sec in sections:
-        lines += [f"## {sec.title}", ""]
+        lines += [f"## {_one_line(sec.title)}", ""]
         for block in sec.blocks:
             lines += _md_block(block, out)
     return "\n".join(lines).rstrip() + "\n"
@@ -166,11 +171,11 @@ def _markdown(head: list, sections: list[Section], out: Path) -> str:
 def _md_block(block: tuple, out: Path, level: int = 2) -> list[str]:
     kind = block[0]
     if kind == "h1":
-        return [f"# {block[1]}", ""]
+        return [f"# {_one_line(block[1])}", ""]
     if kind == "p":
-        return [block[1], ""]
+        return [_one_line(block[1]), ""]
     if kind == "ul":
-        return [f"- {item}" for item in block[1]] + [""]
+        return [f"- {_one_line(item)}" for item in block[1]] + [""]
     if kind == "img":
         return [f"![{block[2]}]({Path(block[1]).relative_to(out)})", ""]
     if kind == "table":
@@ -195,8 +200,13 @@ li{margin:0.3em 0}"""
 
 def _html(md: str, out: Path) -> str:
     """report.md as a self-contained HTML page: the same text, the figures inlined."""
+    import html
+
     import markdown
-    body = markdown.markdown(md, extensions=["tables"], output_format="html")
+    # report.md holds no intended HTML: escaping it first keeps a label such as
+    # "<script>...</script>" as text instead of running it when the report is opened
+    body = markdown.markdown(html.escape(md, quote=False), extensions=["tables"],
+                             output_format="html")
     body = re.sub(r'src="([^"]+\.png)"', lambda m: _inline_png(out / m.group(1)), body)
     return ("<!doctype html><html><head><meta charset='utf-8'>"
             f"<title>xmodal study report</title><style>{CSS}</style></head><body>\n"
