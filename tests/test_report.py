@@ -413,3 +413,15 @@ def test_labels_cannot_inject_html_or_break_the_markdown(tmp_path):
     assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert not any(line.startswith("second line") for line in md.splitlines())
     assert "<script>alert(1)</script> second line" in md
+
+
+def test_custom_part_without_per_epoch_records_still_reports(tmp_path):
+    """A user's first custom study: finished runs whose history has no per-epoch metrics."""
+    b = Builder(tmp_path)
+    b.add("sweep", "custom", "gunpoint", [0.1, 0.2, 0.15], {"label": "a"})
+    b.add("sweep", "custom", "gunpoint", [0.3, 0.4, 0.35], {"label": "b"})
+    with b.store.conn:
+        b.store.conn.execute("DELETE FROM epochs")
+    b.store.close()
+    md = write_report(tmp_path).read_text()
+    assert "## Custom study: part 'sweep'" in md and "| gunpoint | b | 3 |" in md

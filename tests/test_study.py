@@ -89,14 +89,14 @@ def test_naive_baseline_initialisation(tmp_path):
 
     from xmodal.model.crossmodal import build_model
     from xmodal.data.registry import REGISTRY
-    plan = study.expand(study.load_spec("demo"), tmp_path, tasks=["digits"], seeds=[0])
+    plan = study.expand(study.load_spec("demo"), tmp_path, tasks=["darcy"], seeds=[0])
 
     def run_of(part, variant):
         return next(r for r in plan.runs
                     if any(m[0] == part and m[2].get("variant") == variant for m in r.members))
     naive, orca = run_of("proxy", "naive"), run_of("proxy", "text")
     assert run_of("freezing", "untrained").id == naive.id     # one run serves RQ1 and RQ3
-    spec = REGISTRY["digits"].spec
+    spec = REGISTRY["darcy"].spec
     model, notes = build_model(spec, naive.config.body, naive.config.embedder, naive.config.run.seed)
     aligned, aligned_notes = build_model(spec, orca.config.body, orca.config.embedder, orca.config.run.seed)
     assert notes == [] and "embedding LayerNorm" in aligned_notes
@@ -203,7 +203,8 @@ def test_demo_covers_all_four_experiments_and_shares_runs(tmp_path):
     assert max(len(r.members) for r in plan.runs) >= 3
     assert all(r.config.body.name == "minilm" for r in plan.runs)
     assert sorted(r.config.baseline.method for r in plan.runs if r.config.baseline.method
-                  != "none") == ["logreg"] * 6 + ["minirocket"] * 3   # MiniRocket: 1D only
+                  != "none") == ["logreg"] * 3 + ["minirocket"] * 3 + ["ridge"] * 3
+    # logistic regression and MiniRocket on BasicMotions, ridge on Darcy (dense)
     assert any(not r.config.body.pretrained for r in plan.runs)
 
 
@@ -412,3 +413,41 @@ def test_console_shows_runs_in_flight_and_quiet_shows_nothing(capsys):
     quiet.advance("done a")
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and lines[0] == "start b" and lines[1].startswith("[1/3] done a; ETA")
+
+
+def test_repeated_seeds_and_indistinguishable_variants_are_refused(tmp_path):
+    with pytest.raises(UserError, match=r"seed\(s\) \[0\] appear more than once"):
+        study.expand(_spec(seeds=[0, 0, 1]), tmp_path)
+    twins = _spec(variants=[{"label": "a", "set": {"align.proxy": "none"}},
+                            {"label": "b", "set": {"align.proxy": "none"}}])
+    with pytest.raises(UserError, match="'a / predictor-only' and 'b / predictor-only' give the "
+                                        "same configuration on task 'italypower'"):
+        study.expand(twins, tmp_path)
+
+
+def test_study_run_refuses_another_applications_sqlite_file(tmp_path):
+    import sqlite3
+    out = tmp_path / "s"
+    out.mkdir()
+    with sqlite3.connect(out / "study.db") as db:
+        db.execute("CREATE TABLE invoices (id INTEGER)")
+    with pytest.raises(UserError, match="another application's SQLite database"):
+        runner.run_study(_spec(), out, quiet=True)
+    with sqlite3.connect(out / "study.db") as db:   # untouched
+        names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    assert names == ["invoices"]
+
+
+def test_export_never_overwrites_the_store_and_writes_dash_to_stdout(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert runner.run_study(_spec(), out, quiet=True).ok
+    before = (out / "study.db").read_bytes()
+    assert main(["study", "export", str(out), "--csv", str(out / "study.db")]) == 2
+    assert "the study's own database" in capsys.readouterr().err
+    assert (out / "study.db").read_bytes() == before
+    assert main(["study", "export", str(out), "--csv", str(out)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert main(["study", "export", str(out), "--csv", "-"]) == 0
+    got = capsys.readouterr()
+    assert got.out.splitlines()[0].startswith("id,") and len(got.out.splitlines()) == 3
+    assert not (tmp_path / "-").exists()

@@ -73,7 +73,7 @@ def _alive(run: dict) -> bool:
     return token_alive(run.get("owner"))
 
 
-def export_csv(folder: str | Path, path: str | Path) -> Path:
+def export_csv(folder: str | Path, path: str | Path) -> Optional[Path]:
     with Store(folder) as store:
         return _write_csv(store, path)
 
@@ -193,6 +193,7 @@ def cli(args) -> int:
         return 0
     if cmd == "export":
         path = export_csv(args.dir, args.csv)
-        print(f"wrote {path}")
+        if path is not None:      # `--csv -`: the CSV itself went to stdout
+            print(f"wrote {path}", file=sys.stderr)
         return 0
     raise UserError(f"unknown study command {cmd!r}")

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+from ..errors import UserError
+from ..io.artifacts import atomic_write
 from .store import Store
 
 IDENTITY_AXES = ("task.name", "run.seed")   # columns of their own (task, seed)
@@ -26,22 +29,44 @@ def export_rows(store: Store) -> list[dict]:
     return [_row(r, finals.get(r["id"], {}), members.get(r["id"], []), axis_keys) for r in runs]
 
 
-def export_csv(store: Store, path: str | Path) -> Path:
-    """Write `export_rows(store)` to `path` as CSV (None as an empty cell); returns the path."""
+def export_csv(store: Store, path: str | Path) -> Optional[Path]:
+    """Write `export_rows(store)` to `path` as CSV (None as an empty cell); returns the path.
+    `-` writes to stdout (returns None). The study's own database is never overwritten, and
+    the file appears whole or not at all (temp file, then rename)."""
     rows = export_rows(store)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fields: list[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]
     if not fields:
         fields = ["id", "task", "seed", "status"]
-    with open(path, "w", newline="") as fh:
+
+    def write(fh) -> None:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return path
+    if str(path) == "-":
+        write(sys.stdout)
+        return None
+    path = Path(path)
+    db = Path(store.path).resolve()
+    if path.resolve() in {db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")}:
+        raise UserError(f"--csv {path} is the study's own database; pick another file name")
+    if path.is_dir():
+        raise UserError(f"--csv {path} is a folder; give a file name, e.g. {path / 'study.csv'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the folder of --csv {path}: "
+                        f"{exc.strerror or exc}") from None
+
+    def to_file(tmp: str) -> None:
+        with open(tmp, "w", newline="") as fh:
+            write(fh)
+    try:
+        return atomic_write(path, to_file)
+    except OSError as exc:
+        raise UserError(f"cannot write --csv {path}: {exc.strerror or exc}") from None
 
 
 def _member_labels(store: Store) -> dict[str, list[str]]:

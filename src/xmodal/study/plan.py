@@ -195,7 +195,13 @@ class _PlanBuilder:
             self.order.append((*where, rid))
         else:
             self.runs[rid].axes = {**self.runs[rid].axes, **varied}
-        if not any(m[0] == part["name"] for m in self.runs[rid].members):
+        same_part = [m for m in self.runs[rid].members if m[0] == part["name"]]
+        if same_part and same_part[0][2].get("label") != label:
+            raise UserError(f"study '{self.spec['name']}', part '{part['name']}': settings "
+                            f"'{same_part[0][2].get('label')}' and '{label}' give the same "
+                            f"configuration on task '{task['name']}' (one would hide the other "
+                            f"in the report); make them differ or drop one")
+        if not same_part:
             self.runs[rid].members.append((part["name"], part.get("experiment", "custom"), labels))
 
 

@@ -203,6 +203,10 @@ def _check_seeds(seeds, where: str, fail) -> None:
     if not isinstance(seeds, list) or not seeds or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         fail(f"{where}: 'seeds' must be a non-empty list of integers")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        fail(f"{where}: seed(s) {repeated} appear more than once in 'seeds' (a seed runs once; "
+             f"list distinct seeds)")
 
 
 # ----------------------------------------------------------------------------- expansion

@@ -202,6 +202,9 @@ class Store:
         existed = self._has_table("meta")
         if not existed and not create:
             raise UserError(f"'{self.path}' is not an xmodal study database")
+        if not existed and self.conn.execute("SELECT 1 FROM sqlite_master").fetchone():
+            raise UserError(f"'{self.path}' is another application's SQLite database (it has "
+                            f"tables but not xmodal's); pick another --out")
         if existed:
             problem = self.conn.execute("PRAGMA quick_check").fetchone()[0]
             if problem != "ok":

@@ -52,7 +52,7 @@ def suptitle(fig, text: str) -> None:
 
 
 def save(fig, path: Path, legend_items: Optional[tuple] = None, ncol: int = 4) -> Path:
-    if legend_items:
+    if legend_items and legend_items[1]:   # no curves at all (no per-epoch records): no legend
         handles, labels = legend_items
         fig.legend(handles, labels, loc="lower center", ncol=min(ncol, len(labels)),
                    frameon=False, bbox_to_anchor=(0.5, 0.0))
