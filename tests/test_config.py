@@ -193,3 +193,14 @@ def test_a_repeated_key_is_refused_not_silently_replaced(tmp_path):
     path.write_text("a: &base {lr: 0.001}\ntrain: {<<: *base, epochs: 3}\n")   # merge keys: fine
     with pytest.raises(UserError, match="unknown config key 'a'"):
         load_config(path)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("train.decay_epochs", -2, "must be > 0"), ("train.decay_epochs", 0, "must be > 0"),
+    ("train.momentum", 2.0, r"in \[0, 1\)"), ("train.weight_decay", -0.1, ">= 0"),
+    ("train.lora_rank", 0, ">= 1"), ("run.seed", 2 ** 70, "between 0 and 2147483647"),
+    ("run.seed", -1, ">= 0")])
+def test_values_that_would_be_ignored_or_wrong_are_refused(key, value, match):
+    section, name = key.split(".")
+    with pytest.raises(UserError, match=f"'{key}' must .*{match}|{match}"):
+        from_dict({section: {name: value}})

@@ -35,7 +35,21 @@ POSITIVE = {"train.embedder_lr_mult": 0, "train.predictor_lr_mult": 0, "train.mi
             "embedder.seq_len": 1, "train.eval_batch_size": 1, "align.maxsamples": 2,
             "align.epochs": 0, "align.n_source": 2, "run.num_workers": 0, "align.eps": 0,
             "align.inner_eps": 0, "align.max_iter": 1,
-            "align.lr_gamma": 0}
+            "align.lr_gamma": 0, "train.lora_rank": 1, "train.weight_decay": 0, "run.seed": 0}
+
+
+MAX_SEED = 2 ** 31 - 1   # seeds are combined with epoch counters into torch / numpy seeds
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Values that pass the type check but would be ignored or silently wrong."""
+    if cfg.run.seed > MAX_SEED:
+        raise UserError(f"config key 'run.seed' must be between 0 and {MAX_SEED}; got {cfg.run.seed}")
+    if cfg.train.decay_epochs is not None and cfg.train.decay_epochs <= 0:
+        raise UserError(f"config key 'train.decay_epochs' must be > 0 (or null: the lr reaches 0 "
+                        f"at the last epoch); got {cfg.train.decay_epochs!r}")
+    if not 0.0 <= cfg.train.momentum < 1.0:
+        raise UserError(f"config key 'train.momentum' must be in [0, 1); got {cfg.train.momentum!r}")
 
 
 OPTIONAL_MIN = {"train.clip": 0, "run.threads": 1, "task.max_train": 1, "task.max_test": 1,
@@ -57,6 +71,7 @@ def validate(cfg: Config) -> None:
         if flat[key] is not None and flat[key] < low:
             raise UserError(f"config key '{key}' must be >= {low} (or null); got {flat[key]!r}")
     check_run_name(cfg.run.name)
+    _check_ranges(cfg)
     if not 0.0 < cfg.task.val_fraction < 1.0:
         raise UserError("config key 'task.val_fraction' must be between 0 and 1")
     if cfg.train.warmup_epochs < 0:
