@@ -30,8 +30,6 @@ CACHE_VERSION = 1                  # bump when the generator changes: old cache 
 STREAM_TRAIN, STREAM_TEST = 0, 1
 
 
-# ---------------------------------------------------------------- options
-
 # ---------------------------------------------------------------- solver
 
 def _face_mean(a1: np.ndarray, a2: np.ndarray, face: str) -> np.ndarray:

@@ -153,9 +153,11 @@ def _run_rounds(plan: Plan, store: Store, out: Path, tasks, overrides, quiet: bo
     inconclusive (`study.sequential`)."""
     outcome = run_plan(plan)
     seq = sequential_of(plan.spec) if sequential else None
+    if seq is None:
+        return outcome
+    from .report.render import decide
     n_round = 0
-    while seq is not None and outcome.ok:
-        from .report.render import decide
+    while outcome.ok:
         extra = next_round(plan.spec, out, decide(out), store.runs(), seq, tasks, overrides)
         if extra is None:
             break
@@ -163,9 +165,9 @@ def _run_rounds(plan: Plan, store: Store, out: Path, tasks, overrides, quiet: bo
         if not quiet:
             print(f"sequential seeding, round {n_round}: {len(extra.runs)} more run(s) for "
                   f"comparisons still inconclusive", file=sys.stderr, flush=True)
-        more = run_plan(extra)
-        outcome = Outcome(outcome.total + more.total - more.skipped, outcome.done + more.done
-                          - more.skipped, outcome.failed + more.failed, outcome.skipped,
+        more = run_plan(extra)    # a round holds only runs not done yet: totals add up
+        outcome = Outcome(outcome.total + more.total, outcome.done + more.done,
+                          outcome.failed + more.failed, outcome.skipped + more.skipped,
                           outcome.seconds + more.seconds)
     return outcome
 

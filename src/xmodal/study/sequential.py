@@ -20,6 +20,7 @@ from typing import Optional
 from ..config import Config, config_hash, from_dict
 from ..config.choices import NO_BASELINE
 from .plan import Plan, expand
+from .spec import SEQUENTIAL_STEP
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class Sequential:
 def sequential_of(spec: dict) -> Optional[Sequential]:
     """The spec's `sequential` block (None when absent); `spec.validate_spec` checked it."""
     block = spec.get("sequential")
-    return None if block is None else Sequential(block["max_seeds"], block.get("step", 2))
+    return None if block is None else Sequential(block["max_seeds"],
+                                                 block.get("step", SEQUENTIAL_STEP))
 
 
 def setting_key(cfg: Config) -> str:
@@ -75,7 +77,8 @@ def next_round(spec: dict, out: Path, comparisons: list[dict], runs: list[dict],
             wanted[key] = (by_id[rid]["task"], add)
     if not wanted:
         return None
-    return _plan_for(spec, out, wanted, tasks, overrides)
+    done = {r["id"] for r in runs if r["status"] == "done"}
+    return _plan_for(spec, out, wanted, done, tasks, overrides)
 
 
 def _next_seeds(have: set, k: int) -> list[int]:
@@ -87,9 +90,10 @@ def _next_seeds(have: set, k: int) -> list[int]:
     return out
 
 
-def _plan_for(spec: dict, out: Path, wanted: dict, tasks, overrides) -> Optional[Plan]:
+def _plan_for(spec: dict, out: Path, wanted: dict, done: set, tasks,
+              overrides) -> Optional[Plan]:
     """The planned runs of the wanted settings at their new seeds, and the baselines of their
-    tasks at the same seeds."""
+    tasks at the same seeds; runs in `done` (ids) are left out."""
     by_seeds: dict[tuple, set] = {}
     for key, (task, seeds) in wanted.items():
         by_seeds.setdefault(tuple(seeds), set()).add(key)
@@ -104,6 +108,8 @@ def _plan_for(spec: dict, out: Path, wanted: dict, tasks, overrides) -> Optional
         plan = expand(spec, out, task_names, list(seeds), overrides)
         first = first or plan
         for run in plan.runs:
+            if run.id in done:
+                continue       # a baseline at this seed that an earlier round already ran
             if run.config.baseline.method != NO_BASELINE or setting_key(run.config) in keys:
                 picked.setdefault(run.id, run)
     if not picked or first is None:

@@ -28,6 +28,7 @@ PART_KEYS = {"name", "experiment", "description", "tasks", "seeds", "axes", "var
              "methods"}
 VARIANT_KEYS = {"label", "set", "tags", "if_body"}
 TASK_KEYS = {"name", "preset", "set", "tags"}
+SEQUENTIAL_STEP = 2   # seeds a round of sequential seeding adds when the spec gives no step
 # Config keys the runner owns: a spec may not set them (they would only move files around).
 RUNNER_KEYS = ("run.out", "run.name", "align.cache_dir")
 
@@ -111,10 +112,11 @@ def _check_sequential(block, fail) -> None:
     if block is None:
         return
     if not isinstance(block, dict) or "max_seeds" not in block or set(block) - {"max_seeds", "step"}:
-        fail(f"'sequential' must be {{max_seeds: N, step: k}} (step optional, default 2); "
+        fail(f"'sequential' must be {{max_seeds: N, step: k}} (step optional, default "
+             f"{SEQUENTIAL_STEP}); "
              f"got {block!r}")
     for key in ("max_seeds", "step"):
-        value = block.get(key, 2)
+        value = block.get(key, SEQUENTIAL_STEP)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             fail(f"sequential.{key} must be an integer >= 1; got {value!r}")
 

@@ -45,20 +45,20 @@ def build_sections(folder: Path, out: Path) -> tuple[list[Section], dict]:
     order = {name: i for i, name in enumerate(EXPERIMENTS)}   # the questions in turn
     refs = baseline_refs(parts)
     margins = _margins(studies)
+    task_margins = {t: decisions.margin_of(margins, t) for t in margins}
     sections = []
     for part in sorted(parts, key=lambda p: order.get(p.experiment, 9)):
         if part.experiment == "baselines" or not part.done():
             continue
         part.refs = refs
-        part.margins = {t: decisions.margin_of(margins, t) for t in margins}
+        part.margins = task_margins
         sec = SECTIONS[part.experiment](part, out)
         table = reference_table(part.tasks(), refs)
         if table is not None:   # before the closing paper-vs-ours table, where there is one
             sec.blocks.insert(len(sec.blocks) - (part.experiment != "custom"), table)
         sections.append(sec)
     if refs:
-        sections.append(section_baselines(parts, refs, {t: decisions.margin_of(margins, t)
-                                                        for t in margins}))
+        sections.append(section_baselines(parts, refs, task_margins))
     verdicts, comparisons, claims = decisions.build(parts, refs, margins, _modality)
     verdicts.blocks[1:1] = _sequential_note(studies, comparisons)
     sections.append(verdicts)
@@ -154,7 +154,7 @@ def _one_line(text) -> str:
 
 
 def _md_cell(x) -> str:
-    return str(x).replace("|", "\\|").replace("\n", " ")
+    return _one_line(x).replace("|", "\\|")
 
 
 def _markdown(head: list, sections: list[Section], out: Path) -> str:
