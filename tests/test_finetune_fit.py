@@ -122,3 +122,27 @@ def test_force_retrains_a_finished_run(tmp_path, capsys):
         assert again[key] == summary[key]                # same seed, same numbers
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1
+
+
+def test_test_split_scored_once_when_the_last_epoch_is_kept(tmp_path, monkeypatch):
+    """The best-validation weights are scored on the test split only when they are not the last
+    epoch's (the same weights would give the same number)."""
+    import xmodal.runs.fit as fit_module
+    calls = []
+    real = fit_module.evaluate
+
+    def counting(model, x, *args, **kwargs):
+        calls.append(len(x))
+        return real(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "evaluate", counting)
+    one = fit(load_config(overrides={**TINY, "run.out": str(tmp_path / "a")}), progress=False,
+              log=lambda m: None)
+    assert one.summary["best_epoch"] == 1 and len(calls) == 1
+    assert one.summary["test_metric_best"] == one.summary["test_metric_last"]
+    calls.clear()
+    # lr 0: validation never improves after epoch 1, so epoch 1 is kept and the last differs
+    two = fit(load_config(overrides={**TINY, "train.epochs": 2, "train.lr": 0.0,
+                                     "run.out": str(tmp_path / "b")}), progress=False,
+              log=lambda m: None)
+    assert two.summary["best_epoch"] == 1 and len(calls) == 2

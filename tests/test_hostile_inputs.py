@@ -101,6 +101,9 @@ def fit_args(box: Box, *extra) -> list:
     ("run.name=../../escaped", "'run.name' must be a plain folder name"),
     ("run.name=a/b", "'run.name' must be a plain folder name"),
     ("run.name=..", "'run.name' must be a plain folder name"),
+    ("run.name=" + "a" * 300, "'run.name' is 300 characters; at most 200"),
+    ("train.pos_weight=4", "'train.pos_weight' weighs positive labels of a multi-label task"),
+    ("task.options.layout=bogus", "task 'digits': unknown option 'layout'"),
 ])
 def test_bad_config_values(box, capsys, setting, fragment):
     line = box.run(fit_args(box, "--set", setting), capsys)
@@ -224,11 +227,46 @@ def test_reused_run_name_with_another_config_is_not_the_old_result(box, capsys):
     ({"y_train": np.zeros(20, int)}, "y_train holds only class 0"),
     ({"x_train": np.zeros((0, 1, 16), np.float32), "y_train": np.zeros(0, int)},
      "x_train has no samples"),
+    ({"x_train": np.ones((20, 1, 16), np.complex64)}, "x_train is complex (complex64)"),
+    ({"x_test": np.zeros((6, 1, 0), np.float32)}, "x_test has shape (6, 1, 0), with no values"),
 ])
 def test_npz_label_sets(box, capsys, changes, fragment):
     task = write_npz(box.inp / "data.npz", **changes)
     line = box.run(["fit", "--task", task, "--quiet", "--out", box.out], capsys)
     assert fragment in line
+
+
+@pytest.mark.parametrize("layout, fragment", [
+    ("bogus", "option layout must be one of auto, nhw, got 'bogus'"),
+])
+def test_npz_layout_option(box, capsys, layout, fragment):
+    task = write_npz(box.inp / "data.npz")
+    line = box.run(["fit", "--task", task, "--quiet", "--out", box.out, "--set",
+                    f"task.options.layout={layout}"], capsys)
+    assert fragment in line
+    line = box.run(["fit", "--task", task, "--quiet", "--out", box.out, "--set",
+                    "task.options.lay=nhw"], capsys)
+    assert "unknown option 'lay'; did you mean 'layout'?" in line
+
+
+def test_empty_out_writes_nothing_here(box, capsys, monkeypatch):
+    monkeypatch.chdir(box.inp)
+    line = box.run(["fit", *TINY, "--out", ""], capsys)
+    assert "'run.out' (--out) is empty" in line
+    assert list(box.inp.iterdir()) == []
+
+
+def test_broken_pipe_is_quiet(tmp_path):
+    """`xmodal tasks | head -1`: the reader leaves; no traceback, exit 141 (SIGPIPE's code)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "xmodal", "tasks"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.read(1)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert proc.returncode in (0, 141)
 
 
 # ----------------------------------------------------------------------------- NAS-Bench-360

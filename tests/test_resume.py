@@ -28,21 +28,27 @@ def _crash_in_epoch(monkeypatch, epoch):
     monkeypatch.setattr(training.Trainer, "_train_epoch", crashing)
 
 
-@pytest.mark.parametrize("interval, resumed_after", [(0, 2), (3600, None)])
+@pytest.mark.parametrize("interval, resumed_after, mode", [(0, 2, "all"), (3600, None, "all"),
+                                                          (0, 2, "predictor-only")])
 def test_interrupted_run_resumes_to_identical_numbers(tmp_path, monkeypatch, interval,
-                                                      resumed_after):
-    reference = xmodal.fit(_config(tmp_path / "ref", interval), progress=False, log=lambda m: None)
+                                                      resumed_after, mode):
+    """`predictor-only` trains on cached body outputs (stages/frozen.py): resumed, it
+    recomputes them and continues to the same numbers."""
+    def config(out):
+        c = _config(out, interval)
+        return {**c, "train": {**c["train"], "finetune": mode}}
+    reference = xmodal.fit(config(tmp_path / "ref"), progress=False, log=lambda m: None)
 
     with monkeypatch.context() as m:
         _crash_in_epoch(m, 3)
         with pytest.raises(KeyboardInterrupt):
-            xmodal.fit(_config(tmp_path / "crash", interval), progress=False, log=lambda m: None)
+            xmodal.fit(config(tmp_path / "crash"), progress=False, log=lambda m: None)
     run_dir = tmp_path / "crash" / reference.run_dir.name
     assert (run_dir / "resume.pt").is_file() == (resumed_after is not None)
     assert not (run_dir / "summary.json").exists()
 
     logs = []
-    result = xmodal.fit(_config(tmp_path / "crash", interval), progress=False, log=logs.append)
+    result = xmodal.fit(config(tmp_path / "crash"), progress=False, log=logs.append)
     assert any(f"resuming {run_dir.name} after epoch {resumed_after}" in s for s in logs) == \
         (resumed_after is not None)
     keys = ("best_epoch", "best_val_metric", "test_metric_best", "test_metric_last")

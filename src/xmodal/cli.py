@@ -383,13 +383,29 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()   # inside the try: a closed pipe is caught below, not at exit
+        return code
     except UserError as exc:
         print(f"xmodal: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("xmodal: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # `xmodal tasks --json | head`: the reader left; stop quietly
+        _silence_stdout()
+        return 141
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":

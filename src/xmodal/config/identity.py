@@ -25,8 +25,15 @@ NON_IDENTITY_KEYS = ("run.out", "run.name", "run.num_workers", "run.pin_memory",
 LATE_KEYS = {"align.max_iter": 2000, "task.max_val": None}
 
 
+def _moot(flat: dict) -> set:
+    """Keys that cannot change this configuration's result, left out of its hash."""
+    return set() if flat.get("train.finetune") == "predictor-only" else {"train.cache_frozen"}
+
+
 def config_hash(cfg: Config, length: int = 10) -> str:
-    flat = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in NON_IDENTITY_KEYS
+    flat = flatten(cfg.to_dict())
+    moot = _moot(flat)
+    flat = {k: v for k, v in flat.items() if k not in NON_IDENTITY_KEYS and k not in moot
             and not (k in LATE_KEYS and v == LATE_KEYS[k])}
     if cfg.baseline.method != "none":  # a baseline depends on the task and its seed only
         flat = {k: v for k, v in flat.items() if k.split(".")[0] in ("task", "baseline")
@@ -39,9 +46,9 @@ def run_id(cfg: Config) -> str:
     """The run folder's name: `run.name`, else `<task>-<body or baseline>-<config_hash>`."""
     if cfg.run.name:
         return cfg.run.name
-    task = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.task.name.removeprefix("npz:")).stem)
+    task = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(cfg.task.name.removeprefix("npz:")).stem)[:80]
     model = cfg.body.name if cfg.baseline.method == "none" else cfg.baseline.method
-    body = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).name)
+    body = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).name)[:80]
     return f"{task}-{body}-{config_hash(cfg)}"
 
 

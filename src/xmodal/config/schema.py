@@ -92,6 +92,8 @@ class TrainConfig:
     lora_rank: int = 8
     pos_weight: Optional[float] = None  # multi-label BCE pos_weight (DeepSEA: 4)
     eval_batch_size: int = 128
+    cache_frozen: bool = True        # predictor-only: run the frozen embedder + body once, in
+                                     # eval mode, and train the predictor on their cached outputs
     test_each_epoch: bool = False    # also record the test metric per epoch (curves only; model
                                      # selection always uses validation)
 

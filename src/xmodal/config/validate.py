@@ -38,6 +38,7 @@ POSITIVE = {"train.embedder_lr_mult": 0, "train.predictor_lr_mult": 0, "train.mi
             "align.lr_gamma": 0, "train.lora_rank": 1, "train.weight_decay": 0, "run.seed": 0}
 
 
+MAX_RUN_NAME = 200       # characters; file systems allow 255 bytes per name
 MAX_SEED = 2 ** 31 - 1   # seeds are combined with epoch counters into torch / numpy seeds
 
 
@@ -50,6 +51,9 @@ def _check_ranges(cfg: Config) -> None:
                         f"at the last epoch); got {cfg.train.decay_epochs!r}")
     if not 0.0 <= cfg.train.momentum < 1.0:
         raise UserError(f"config key 'train.momentum' must be in [0, 1); got {cfg.train.momentum!r}")
+    if not str(cfg.run.out).strip():
+        raise UserError("config key 'run.out' (--out) is empty (an unset shell variable?); name "
+                        "the folder for run folders, e.g. --out runs")
 
 
 OPTIONAL_MIN = {"train.clip": 0, "run.threads": 1, "task.max_train": 1, "task.max_test": 1,
@@ -92,6 +96,9 @@ def check_run_name(name: Optional[str]) -> None:
     """`run.name` is one folder inside `run.out`: no path separators, not `.`/`..`."""
     if not name:
         return   # None or "": the default <task>-<body>-<hash>
+    if len(name) > MAX_RUN_NAME:
+        raise UserError(f"config key 'run.name' is {len(name)} characters; at most "
+                        f"{MAX_RUN_NAME} (a folder name)")
     if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0") \
             or Path(name).is_absolute():
         raise UserError(f"config key 'run.name' must be a plain folder name inside run.out "

@@ -20,6 +20,7 @@ from .types import TaskData, TaskSpec
 @register(TaskSpec("digits", "scikit-learn handwritten digits 8x8 (an MNIST stand-in)", "2d",
                    "classification", (1, 8, 8), 10, source="sklearn.datasets.load_digits"))
 def _digits(cfg: TaskConfig) -> TaskData:
+    read_options(cfg, {})   # digits has none: an option given is a mistake
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
     d = load_digits()
@@ -43,6 +44,7 @@ def _ucr_loader(key: str):
     aeon_name = UCR[key][0]
 
     def load(cfg: TaskConfig) -> TaskData:
+        read_options(cfg, {})
         from aeon.datasets import load_classification
         xtr, ytr = load_classification(aeon_name, split="train")
         xte, yte = load_classification(aeon_name, split="test")

@@ -47,8 +47,14 @@ def load_npz_task(path: str, kind: str = "auto", layout: str = "auto") -> TaskDa
 
 
 def _channels_first(x: np.ndarray, path: str, split: str, image: bool) -> np.ndarray:
-    if not np.issubdtype(x.dtype, np.number):
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.bool_):
         raise UserError(f"'{path}': x_{split} must be numeric, got dtype {x.dtype}")
+    if np.iscomplexobj(x):
+        raise UserError(f"'{path}': x_{split} is complex ({x.dtype}); xmodal reads real values: "
+                        f"put the real and imaginary parts in separate channels")
+    if x.ndim >= 2 and 0 in x.shape[1:]:
+        raise UserError(f"'{path}': x_{split} has shape {x.shape}, with no values per sample; "
+                        f"every series or image needs at least one value")
     if x.ndim == 2:
         x = x[:, None, :]
     elif x.ndim == 3 and image:

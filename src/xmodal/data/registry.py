@@ -15,6 +15,7 @@ from ..config import TaskConfig
 from ..config.choices import NPZ_PREFIX
 from ..errors import UserError
 from .npz import load_npz_task
+from .options import read_options
 from .splits import prepare
 from .types import TaskData, TaskSpec
 
@@ -26,6 +27,7 @@ class TaskEntry:
 
 
 REGISTRY: dict[str, TaskEntry] = {}
+NPZ_LAYOUTS = ("auto", "nhw")   # npz:PATH's task.options.layout
 
 
 def register(spec: TaskSpec):
@@ -42,8 +44,11 @@ def list_specs() -> list[TaskSpec]:
 def load_task(cfg: TaskConfig) -> TaskData:
     """Load, split, subsample and validate the task named by `cfg.name`."""
     if cfg.name.startswith(NPZ_PREFIX):
-        data = load_npz_task(cfg.name[len(NPZ_PREFIX):], cfg.kind,
-                             cfg.options.get("layout", "auto"))
+        layout = read_options(cfg, {"layout": "auto"})["layout"]
+        if layout not in NPZ_LAYOUTS:
+            raise UserError(f"task '{cfg.name}': option layout must be one of "
+                            f"{', '.join(NPZ_LAYOUTS)}, got {layout!r}")
+        data = load_npz_task(cfg.name[len(NPZ_PREFIX):], cfg.kind, layout)
     elif cfg.name in REGISTRY:
         data = REGISTRY[cfg.name].load(cfg)
     else:

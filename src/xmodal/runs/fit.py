@@ -104,6 +104,9 @@ def _fit_model(resolved: Resolved, checked: "Preflight", folder: RunFolder, snap
         _log_start(log, folder, data, cfg, summary.parameters)
         trainer = _trainer(cfg, model, data, device, folder, progress, log)
         summary.budget = dataclasses.asdict(trainer.budget)
+        if trainer.cached:
+            summary.notes = [*summary.notes, "embedder and body frozen: their outputs were "
+                             "computed once in eval mode and cached (train.cache_frozen)"]
         if trainer.load_resume(snapshot):
             log(f"resuming {folder.name} after epoch {trainer.state.epoch}")
         state = trainer.run()
@@ -173,6 +176,9 @@ def preflight(cfg: Config, data: Optional[TaskData] = None) -> Preflight:
     a hub name must be cached) and the model builds for the task. `fit` and `--dry-run` call it."""
     device = resolve_device(cfg.run.device)
     data = data if data is not None else load_task(cfg.task)
+    if cfg.train.pos_weight is not None and data.spec.kind != "multilabel":
+        raise UserError(f"config key 'train.pos_weight' weighs positive labels of a multi-label "
+                        f"task; task '{data.spec.name}' is {data.spec.kind}: remove it")
     if cfg.baseline.method != "none":  # a domain baseline builds no network
         from .baselines import check_method
         check_method(cfg.baseline.method, data.spec)
@@ -251,9 +257,13 @@ def _final_eval(summary: Summary, model, state, data: TaskData, cfg: Config, dev
     def test(m, desc):
         return evaluate(m, data.x_test, data.y_test, data, device, cfg.train.eval_batch_size,
                         cfg.run.precision, progress, desc)
-    summary.test_metric_last, _ = test(model, "test (last epoch)")
-    best = best_model(model, state)
-    summary.test_metric_best, summary.extra = test(best, "test (best epoch)")
+    summary.test_metric_last, extra = test(model, "test (last epoch)")
+    if state.best_state is None or state.best_epoch == len(state.history):
+        best = model       # the last epoch is the one kept: the same weights, scored once
+        summary.test_metric_best, summary.extra = summary.test_metric_last, extra
+    else:
+        best = best_model(model, state)
+        summary.test_metric_best, summary.extra = test(best, "test (best epoch)")
     if cfg.run.save_checkpoint:
         artifacts.save_safetensors(best.state_dict(), folder.checkpoint,
                                    {"epoch": state.best_epoch, "config_hash": config_hash(cfg)})

@@ -29,6 +29,7 @@ from ..errors import START_OVER, TrainingDiverged, UserError, one_line
 from ..io.artifacts import atomic_torch_save
 from .device import autocast
 from .evaluate import evaluate
+from .frozen import CACHE_LIMIT_BYTES, OnFeatures, body_outputs, feature_bytes, front_is_frozen
 from .metrics import make_loss
 from .optim import make_optimizer, make_scheduler, resolve_budget
 
@@ -87,6 +88,24 @@ class Trainer:
         self._last_save = time.monotonic()
         self._last_lr = tc.lr
         self._decode = self._make_decoder() if data.spec.kind == "dense" else None
+        self.net, self.x_train, self.x_val = self._inputs()
+        self.cached = self.net is not self.model
+
+    def _inputs(self) -> tuple:
+        """(the module that trains, train inputs, validation inputs): the predictor on cached
+        body outputs when the front is frozen (`stages.frozen`), else the model on raw inputs."""
+        d, args = self.data, (self.device, self.precision)
+        if not (self.tc.cache_frozen and front_is_frozen(self.model) and d.augment is None
+                and len(d.x_train)):
+            return self.model, d.x_train, d.x_val
+        n = len(d.x_train) + len(d.x_val)
+        if feature_bytes(self.model, n, *args, d.x_train) > CACHE_LIMIT_BYTES:
+            return self.model, d.x_train, d.x_val
+        bs = self.tc.eval_batch_size
+        x_train, grid = body_outputs(self.model, d.x_train, bs, *args)
+        x_val = (body_outputs(self.model, d.x_val, bs, *args)[0] if len(d.x_val)
+                 else np.empty((0, *x_train.shape[1:]), np.float32))
+        return OnFeatures(self.model.predictor, grid), x_train, x_val
 
     def _make_decoder(self):
         if self.data.y_mean is None:
@@ -137,13 +156,13 @@ class Trainer:
             t0 = time.perf_counter()
             train_loss = self._train_epoch(epoch)
             val = None
-            if len(self.data.x_val):
-                val, _ = self._evaluate(self.data.x_val, self.data.y_val, "validation")
+            if len(self.x_val):
+                val, _ = self._evaluate(self.net, self.x_val, self.data.y_val, "validation")
             record = {"epoch": epoch, "train_loss": train_loss, "val_metric": val,
                       "lr": self._last_lr, "seconds": time.perf_counter() - t0}
             if tc.test_each_epoch:  # for curves only; selection below uses validation
-                record["test_metric"], _ = self._evaluate(self.data.x_test, self.data.y_test,
-                                                          "test")
+                record["test_metric"], _ = self._evaluate(self.model, self.data.x_test,
+                                                          self.data.y_test, "test")
             self._track_best(epoch, val)
             self.state.history.append(record)
             self.state.epoch = epoch
@@ -159,8 +178,8 @@ class Trainer:
         bar.close()
         return self.state
 
-    def _evaluate(self, x, y, desc: str):
-        return evaluate(self.model, x, y, self.data, self.device, self.tc.eval_batch_size,
+    def _evaluate(self, net, x, y, desc: str):
+        return evaluate(net, x, y, self.data, self.device, self.tc.eval_batch_size,
                         self.precision, self.progress, desc)
 
     def _track_best(self, epoch: int, val: Optional[float]) -> None:
@@ -173,16 +192,16 @@ class Trainer:
                                      for k, v in self.model.state_dict().items()}
 
     def _loader(self, epoch: int) -> DataLoader:
-        ds = TensorDataset(torch.from_numpy(self.data.x_train), torch.from_numpy(self.data.y_train))
+        ds = TensorDataset(torch.from_numpy(self.x_train), torch.from_numpy(self.data.y_train))
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         return DataLoader(ds, batch_size=self.budget.batch_size, shuffle=True, generator=gen,
                           num_workers=self.loader_opts.num_workers,
                           pin_memory=self.loader_opts.pin_memory)
 
     def _train_epoch(self, epoch: int) -> float:
-        tc, model = self.tc, self.model
+        tc = self.tc
         torch.manual_seed(self.seed * 7919 + epoch)  # dropout / augmentation RNG
-        model.train()
+        self.net.train()
         # One iterator: tqdm.auto calls iter() on an iterable eagerly, and a second DataLoader
         # iterator would draw from the shuffle generator again (order then depends on workers).
         bar = tqdm(iter(self._loader(epoch)), total=self.n_batches, leave=False, file=sys.stderr,
@@ -218,7 +237,7 @@ class Trainer:
         if self.data.augment is not None:
             xb = self.data.augment(xb)
         with autocast(self.device, self.precision):
-            out = self.model(xb).float()
+            out = self.net(xb).float()
         if self._decode is not None:
             out, yb = self._decode(out), self._decode(yb)
         return self.loss_fn(out, yb)
@@ -228,7 +247,8 @@ class Trainer:
             params = [p for p in self.model.parameters() if p.grad is not None]
             torch.nn.utils.clip_grad_norm_(params, self.tc.clip)
         group = self.opt.param_groups[0]   # the rate this step used, in units of train.lr
-        self._last_lr = group["lr"] * self.tc.lr / group["initial_lr"]
+        initial = group["initial_lr"]   # 0 when train.lr is 0
+        self._last_lr = group["lr"] * self.tc.lr / initial if initial else 0.0
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
