@@ -435,3 +435,38 @@ def test_version_and_missing_subcommand(capsys):
         cli.main(["study"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "study_command" not in err and "COMMAND" in err
+
+
+def test_npz_runs_are_keyed_by_content_not_path(tmp_path, monkeypatch):
+    """The same `npz:data.npz` after an in-place edit, or in another folder, is other data: a
+    new run, never the old result ("already complete")."""
+    from xmodal.config import config_hash, load_config
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    write_npz(tmp_path / "a" / "data.npz")
+    rng = np.random.default_rng(5)
+    write_npz(tmp_path / "b" / "data.npz", x_train=rng.normal(size=(20, 1, 16)).astype(np.float32))
+
+    def h(folder):
+        monkeypatch.chdir(tmp_path / folder)
+        return config_hash(load_config(overrides={"task.name": "npz:data.npz"}))
+    first, other = h("a"), h("b")
+    assert first != other
+    write_npz(tmp_path / "a" / "data.npz", y_train=(np.arange(20) + 1) % 2)   # edited in place
+    assert h("a") not in (first, other)
+    write_npz(tmp_path / "a" / "data.npz")                                    # edited back
+    assert h("a") == first
+
+
+def test_data_dir_is_keyed_by_its_absolute_path(tmp_path, monkeypatch):
+    from xmodal.config import config_hash, load_config
+    (tmp_path / "x" / "data").mkdir(parents=True)
+    (tmp_path / "y" / "data").mkdir(parents=True)
+    hashes = []
+    for folder in ("x", "y"):
+        monkeypatch.chdir(tmp_path / folder)
+        hashes.append(config_hash(load_config(overrides={"task.data_dir": "data"})))
+    assert hashes[0] != hashes[1]
+    assert config_hash(load_config(overrides={"task.data_dir": str(tmp_path / "y" / "data")})) \
+        == hashes[1]

@@ -393,6 +393,28 @@ def study_spec(box: Box) -> Path:
     return path
 
 
+@pytest.mark.parametrize("case, fragment", [
+    ("empty", "--out is empty (an unset shell variable?)"),
+    ("under_file", "exists and is not a folder"),
+    ("db_folder", "study.db' is not a file"),
+])
+def test_study_run_refuses_a_bad_out_before_writing(box, capsys, monkeypatch, case, fragment):
+    monkeypatch.chdir(box.inp)
+    spec = study_spec(box)
+    if case == "empty":
+        out = ""
+    elif case == "under_file":
+        (box.inp / "afile").write_text("")
+        out = box.inp / "afile" / "study"
+    else:
+        (box.out / "study.db").mkdir(parents=True)
+        out = box.out
+    line = box.run(["study", "run", spec, "--out", out, "--quiet"], capsys)
+    assert fragment in line
+    assert sorted(p.name for p in box.inp.iterdir()) == sorted(
+        ["spec.yaml"] + (["afile"] if case == "under_file" else []))
+
+
 def garbage_db(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "study.db").write_bytes(b"this is not a database" * 50)

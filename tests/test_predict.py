@@ -171,3 +171,72 @@ def test_a_lora_run_loads_its_adapters_and_reproduces_its_metric(tmp_path):
     data = load_task(run.config.task)          # digits fit no statistics: x as in the task
     assert run.score(data.x_test, data.y_test) == result.summary["test_metric_best"]
     assert run.label_names == [str(d) for d in range(10)]
+
+
+def _damage(run_dir, tmp_path, case):
+    """A copy of the finished run with one file damaged the way `case` says."""
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    task = copy / "task.json"
+    doc = json.loads(task.read_text())
+    if case in ("std0", "stdnan"):
+        blob = {"dtype": "float32", "shape": [1, 1, 24],
+                "data": [0.0 if case == "std0" else float("nan")] * 24}
+        doc["preprocess"]["x_mean"] = {**blob, "data": [0.0] * 24}
+        doc["preprocess"]["x_std"] = blob
+        task.write_text(json.dumps(doc))
+    elif case == "task_garbage":
+        task.write_text("{not json")
+    elif case == "truncated":
+        data = (copy / "best.safetensors").read_bytes()
+        (copy / "best.safetensors").write_bytes(data[: len(data) // 2])
+    elif case == "wrong_shape":
+        from safetensors.torch import load_file, save_file
+        state = load_file(str(copy / "best.safetensors"))
+        key = next(k for k in state if k.startswith("predictor."))
+        state[key] = torch.zeros(7, *state[key].shape[1:])
+        save_file(state, str(copy / "best.safetensors"))
+    return copy
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("std0", "x_std holds NaN, inf or (for a std) values <= 0"),
+    ("stdnan", "x_std holds NaN, inf"),
+    ("task_garbage", "task.json is damaged"),
+    ("truncated", "best.safetensors cannot be loaded"),
+    ("wrong_shape", "best.safetensors cannot be loaded"),
+])
+def test_a_damaged_run_folder_is_one_line(italypower, tmp_path, capsys, case, fragment):
+    result, x, _ = italypower
+    run_dir = _damage(result.run_dir, tmp_path, case)
+    np.savez(tmp_path / "in.npz", x=x[:5])
+    rc, out, err = run_cli(["predict", str(run_dir), "--input", str(tmp_path / "in.npz"),
+                            "--output", str(tmp_path / "p.npz")], capsys)
+    assert rc == 2 and out == "" and err.count("\n") == 1 and fragment in err, err
+    assert not (tmp_path / "p.npz").exists()
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("empty", "x has no samples"),
+    ("npy", "is a single .npy array, not an .npz archive"),
+    ("out_folder", "--output"),
+    ("out_under_file", "cannot create the folder of --output"),
+])
+def test_bad_predict_input_or_output_is_one_line(italypower, tmp_path, capsys, case, fragment):
+    result, x, _ = italypower
+    inp, outp = tmp_path / "in.npz", tmp_path / "p.npz"
+    if case == "npy":
+        inp = tmp_path / "in.npy"
+        np.save(inp, x[:5])
+    else:
+        np.savez(inp, x=x[:0] if case == "empty" else x[:5])
+    if case == "out_folder":
+        outp.mkdir()
+    if case == "out_under_file":
+        (tmp_path / "afile").write_text("")
+        outp = tmp_path / "afile" / "p.npz"
+    rc, out, err = run_cli(["predict", str(result.run_dir), "--input", str(inp),
+                            "--output", str(outp)], capsys)
+    assert rc == 2 and out == "" and err.count("\n") == 1 and fragment in err, err
+    assert "Traceback" not in err

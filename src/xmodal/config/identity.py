@@ -5,8 +5,10 @@ folders and keys the study store.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
@@ -30,8 +32,34 @@ def _moot(flat: dict) -> set:
     return set() if flat.get("train.finetune") == "predictor-only" else {"train.cache_frozen"}
 
 
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    """sha256 of a file's bytes (memoised by path, size and change times)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def data_identity(cfg: Config) -> dict:
+    """What the task's data are, beyond the config's text: the content of an `npz:PATH` file
+    (the same path in another folder, or the file edited in place, is other data) and the
+    absolute `task.data_dir`. Empty for bundled tasks."""
+    out = {}
+    name = cfg.task.name
+    if name.startswith("npz:"):
+        path = Path(name[4:]).expanduser()
+        try:
+            st = path.stat()
+            out["task.npz_sha256"] = _file_digest(str(path.resolve()), st.st_size, st.st_mtime_ns,
+                                                  st.st_ctime_ns)
+        except OSError:
+            pass   # missing or unreadable: loading the task reports it
+    if cfg.task.data_dir:
+        out["task.data_dir"] = os.path.abspath(os.path.expanduser(cfg.task.data_dir))
+    return out
+
+
 def config_hash(cfg: Config, length: int = 10) -> str:
-    flat = flatten(cfg.to_dict())
+    flat = {**flatten(cfg.to_dict()), **data_identity(cfg)}
     moot = _moot(flat)
     flat = {k: v for k, v in flat.items() if k not in NON_IDENTITY_KEYS and k not in moot
             and not (k in LATE_KEYS and v == LATE_KEYS[k])}
@@ -71,6 +99,11 @@ def alignment_identity(cfg: Config) -> dict:
 
 
 def alignment_key(cfg: Config) -> str:
-    """The stage folder's key: runs with the same key share one trained embedder."""
-    blob = json.dumps(alignment_identity(cfg), sort_keys=True, default=str)
+    """The stage folder's key: runs with the same key share one trained embedder (and the same
+    data: `data_identity`, absent for bundled tasks so their keys stay as they were)."""
+    ident = alignment_identity(cfg)
+    data = data_identity(cfg)
+    if data:
+        ident["data"] = data
+    blob = json.dumps(ident, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -36,6 +36,24 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
     return path
 
 
+def write_user_file(path: str | Path, role: str, writer: Callable[[str], None]) -> Path:
+    """`atomic_write` to a path the user named (`role`, e.g. '--output'); a folder, a parent
+    that cannot be created or a file that cannot be written is one `UserError`."""
+    from ..errors import UserError
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{role} {path} is a folder; give a file name inside it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the folder of {role} {path}: "
+                        f"{exc.strerror or exc}") from None
+    try:
+        return atomic_write(path, writer)
+    except OSError as exc:
+        raise UserError(f"cannot write {role} {path}: {exc.strerror or exc}") from None
+
+
 def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
@@ -121,7 +139,11 @@ def read_npz_arrays(path: str | Path, role: str) -> dict:
     if not p.is_file():
         raise UserError(f"{role} file {path} does not exist")
     try:
-        with np.load(p, allow_pickle=False) as f:
+        loaded = np.load(p, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise UserError(f"{role} file {path} is a single .npy array, not an .npz archive; "
+                            f"save it with np.savez(path, x=array)")
+        with loaded as f:
             return {k: f[k] for k in f.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise UserError(f"cannot read {role} file {path} as .npz: {exc}") from None

@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from ..io import artifacts
-from ..errors import UserError
+from ..errors import UserError, one_line
 from .folder import RunFolder, Summary
 
 
@@ -67,11 +67,22 @@ def read_task_record(run_dir: Path) -> TaskRecord:
     if not path.is_file():
         raise UserError(f"run folder {run_dir} has no {RunFolder.TASK} (runs trained before "
                         f"`xmodal predict` existed lack it); retrain it with --force")
-    doc = json.loads(path.read_text())
-    spec = doc["spec"]
-    spec = TaskSpec(**{**spec, "input_shape": tuple(spec["input_shape"]),
-                       "output_shape": tuple(spec["output_shape"])})
-    pre = {k: _decode(v) for k, v in doc["preprocess"].items()}
+    damaged = f"run folder file {path} is damaged"
+    try:
+        doc = json.loads(path.read_text())
+        spec = doc["spec"]
+        spec = TaskSpec(**{**spec, "input_shape": tuple(spec["input_shape"]),
+                           "output_shape": tuple(spec["output_shape"])})
+        pre = {k: _decode(doc["preprocess"].get(k)) for k in ("x_mean", "x_std", "y_mean", "y_std")}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{damaged} ({type(exc).__name__}: {exc}); retrain the run with "
+                        f"--force") from None
+    for key, value in pre.items():
+        if value is None:
+            continue
+        if not np.isfinite(value).all() or (key.endswith("std") and (value <= 0).any()):
+            raise UserError(f"{damaged}: its {key} holds NaN, inf or (for a std) values <= 0; "
+                            f"retrain the run with --force")
     return TaskRecord(spec, doc.get("label_names"), **pre)
 
 
@@ -112,8 +123,13 @@ def _load_model(folder: RunFolder, spec, cfg):
     from ..model.finetune import apply_finetune_mode
     model, _ = build_model(spec, cfg.body, cfg.embedder, cfg.run.seed)
     model = apply_finetune_mode(model, cfg.train.finetune, cfg.train.lora_rank)
-    state = load_file(str(folder.checkpoint))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        state = load_file(str(folder.checkpoint))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except Exception as exc:   # truncated or foreign file, tensors of another shape
+        raise UserError(f"{folder.checkpoint} cannot be loaded into the model its "
+                        f"{folder.CONFIG} builds ({one_line(exc)}); retrain the run with "
+                        f"--force") from None
     if missing or unexpected:
         raise UserError(f"{folder.checkpoint} does not match the model its {folder.CONFIG} "
                         f"builds ({len(missing)} missing, {len(unexpected)} unexpected tensors)")
@@ -153,6 +169,9 @@ class LoadedRun:
             raise UserError(f"x has shape {x.shape} but run {self.run_dir.name} was trained on "
                             f"task {self.spec.name} with inputs (N, {', '.join(map(str, shape))}) "
                             f"(channels first); give x in that layout")
+        if len(x) == 0:
+            raise UserError("x has no samples (shape "
+                            f"{x.shape}); give at least one")
         if not np.isfinite(x).all():
             raise UserError(f"x contains NaN or inf ({int((~np.isfinite(x)).sum())} values)")
         if self.record.x_mean is None:
@@ -235,6 +254,9 @@ def predict_command(run_dir, input_path, output_path, labels: bool = False,
                     device: str = "cpu", progress: bool = False) -> dict:
     """Predict on `input_path`, write `output_path` atomically; returns what to print."""
     x, y = read_input(input_path, labels)
+    if Path(output_path).expanduser().is_dir():
+        raise UserError(f"--output {output_path} is a folder; give a file name, e.g. "
+                        f"{Path(output_path) / 'pred.npz'}")
     run = load_run(run_dir, device)
     out = run.outputs(x, progress=progress)
     arrays = {"pred": run._pred(out)}
@@ -257,4 +279,4 @@ def write_npz(path, arrays: dict) -> Path:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-    return artifacts.atomic_write(path, write)
+    return artifacts.write_user_file(path, "--output", write)

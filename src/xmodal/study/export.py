@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import UserError
-from ..io.artifacts import atomic_write
+from ..io.artifacts import write_user_file
 from .store import Store
 
 IDENTITY_AXES = ("task.name", "run.seed")   # columns of their own (task, seed)
@@ -54,19 +54,11 @@ def export_csv(store: Store, path: str | Path) -> Optional[Path]:
         raise UserError(f"--csv {path} is the study's own database; pick another file name")
     if path.is_dir():
         raise UserError(f"--csv {path} is a folder; give a file name, e.g. {path / 'study.csv'}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create the folder of --csv {path}: "
-                        f"{exc.strerror or exc}") from None
 
     def to_file(tmp: str) -> None:
         with open(tmp, "w", newline="") as fh:
             write(fh)
-    try:
-        return atomic_write(path, to_file)
-    except OSError as exc:
-        raise UserError(f"cannot write --csv {path}: {exc.strerror or exc}") from None
+    return write_user_file(path, "--csv", to_file)
 
 
 def _member_labels(store: Store) -> dict[str, list[str]]:

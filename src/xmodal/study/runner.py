@@ -99,6 +99,26 @@ def fmt_seconds(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def study_folder(out: str | Path) -> Path:
+    """The study folder `--out` names, checked before anything is written: not empty, no file
+    on its path, and a `study.db` in it, if any, is a file."""
+    if not str(out).strip():
+        raise UserError("--out is empty (an unset shell variable?); name the study folder, e.g. "
+                        "--out runs/demo")
+    path = Path(out).expanduser().resolve()
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--out '{path}': '{parent}' exists and is not a folder; pick "
+                                f"another --out")
+            break
+    db = path / DB_NAME
+    if db.exists() and not db.is_file():
+        raise UserError(f"'{db}' is not a file; it is where xmodal keeps the study's results: "
+                        f"move it away or pick another --out")
+    return path
+
+
 def prepare_dir(out: Path, fresh: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' exists and is not a folder")
@@ -126,6 +146,7 @@ def run_study(spec: str | Path | dict, out: str | Path, *, tasks: Optional[list[
     `ray`: run on a Ray cluster instead (`cluster.RayPool`; address auto, HOST:PORT,
     ray://HOST:PORT or local), `ray_cpus` / `ray_gpus` (default 1 / 0) per run; `workers` is
     then the number of runs in flight (None: as many as the cluster holds at once)."""
+    out = study_folder(out)
     if ray is not None:
         return _run_study_ray(spec, out, tasks, seeds, overrides, workers, fresh, quiet,
                               progress, ray, ray_cpus, ray_gpus)
@@ -135,7 +156,6 @@ def run_study(spec: str | Path | dict, out: str | Path, *, tasks: Optional[list[
     workers = spec.get("workers", 1) if workers is None else workers
     if workers < 1:
         raise UserError("--workers must be >= 1")
-    out = Path(out).expanduser().resolve()
     plan = expand(spec, out, tasks, seeds, overrides)  # before touching the folder
     prepare_dir(out, fresh)
     store = Store(out, create=True)
