@@ -451,3 +451,24 @@ def test_export_never_overwrites_the_store_and_writes_dash_to_stdout(tmp_path, c
     got = capsys.readouterr()
     assert got.out.splitlines()[0].startswith("id,") and len(got.out.splitlines()) == 3
     assert not (tmp_path / "-").exists()
+
+
+def test_an_edited_setting_is_refused_instead_of_pooled(tmp_path):
+    """Re-planning an edited spec into the same folder: new seeds, tasks and labels are fine;
+    a stored label with another configuration is an error naming it and what changed."""
+    out = tmp_path / "s"
+    out.mkdir()
+    with Store(out, create=True) as store:
+        runner._register(study.expand(_spec(), out), store, out)
+        runner._register(study.expand(_spec(seeds=[0, 1]), out), store, out)     # more seeds
+        more = _spec(variants=[{"label": "untrained", "set": {"align.proxy": "none"}},
+                               {"label": "lr3", "set": {"align.proxy": "none",
+                                                        "train.lr": 3e-4}}])
+        runner._register(study.expand(more, out), store, out)                     # a new label
+        edited = _spec(variants=[{"label": "untrained",
+                                  "set": {"align.proxy": "none", "train.lr": 3e-4}}])
+        with pytest.raises(UserError, match=r"setting 'untrained / predictor-only' on task "
+                                            r"'italypower' with another configuration "
+                                            r"\(train.lr 0.0001 -> 0.0003\)"):
+            runner._register(study.expand(edited, out), store, out)
+        assert len(store.members()) == 6          # nothing of the edited plan was recorded

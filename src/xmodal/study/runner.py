@@ -249,6 +249,8 @@ def _run_plan(plan: Plan, store: Store, out: Path, workers: int, quiet: bool,
 
 
 def _register(plan: Plan, store: Store, out: Path) -> None:
+    from .consistency import check_unchanged
+    check_unchanged(plan, store.members(), {r["id"]: r["config"] for r in store.runs()}, out)
     store.register({"name": plan.name, "description": plan.description,
                     "experiment": plan.experiment, "spec": plan.spec},
                    [{"id": r.id, "task": r.task, "seed": r.seed, "config": r.config.to_dict(),
