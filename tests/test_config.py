@@ -108,7 +108,7 @@ def test_wrong_value_type_is_a_user_error(override, key):
 @pytest.mark.parametrize("override, match", [
     ("train.finetune=everything", "train.finetune' must be one of"),
     ("train.schedule=step", "train.schedule' must be one of"),
-    ("run.device=tpu", "run.device' must be one of"),
+    ("run.device=tpu", "run.device' must be auto, cpu, cuda or cuda:N"), ("run.device=cuda:x", "run.device' must be auto, cpu, cuda or cuda:N"),
     ("train.batch_size=0", "train.batch_size' must be >= 1"),
     ("train.accumulate=0", "train.accumulate' must be >= 1"),
     ("task.val_fraction=1.0", "val_fraction"),

@@ -470,3 +470,40 @@ def test_data_dir_is_keyed_by_its_absolute_path(tmp_path, monkeypatch):
     assert hashes[0] != hashes[1]
     assert config_hash(load_config(overrides={"task.data_dir": str(tmp_path / "y" / "data")})) \
         == hashes[1]
+
+
+def test_cuda_index_is_checked_against_the_gpus_this_process_sees(monkeypatch):
+    from xmodal.errors import UserError
+    from xmodal.stages.device import resolve_device
+    assert resolve_device("cpu").type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="'cuda:1' but no CUDA device is available"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(UserError, match=r"sees 2 GPU\(s\) \(cuda:0 to cuda:1; CUDA_VISIBLE_DEVICES"):
+        resolve_device("cuda:2")
+
+
+def test_a_flag_takes_a_negative_number(tmp_path, capsys):
+    """`--lr -1e-3` reaches the config (and is refused there as a negative lr), not argparse."""
+    from xmodal.cli import join_negative_values
+    assert join_negative_values(["--lr", "-1e-3", "--seed", "-2", "--quiet", "-x"]) == \
+        ["--lr=-1e-3", "--seed=-2", "--quiet", "-x"]
+    rc = cli.main(["fit", "--task", "digits", "--lr", "-1e-3", "--dry-run"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "'train.lr' must be >= 0; got -0.001" in err
+
+
+def test_dry_run_shows_the_budget_and_the_run_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rc = cli.main(["fit", "--task", "italypower", "--max-train", "40", "--out",
+                   str(tmp_path / "runs"), "--dry-run", "--set", "train.min_steps=20"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    # 40 training series: batch min(32, max(8, 40 // 8)) = 8, 5 steps per epoch, 4 epochs
+    assert "sizes {'train': 40," in out
+    assert "# budget: batch 8, 4 epochs x 5 steps = 20 optimizer steps" in out
+    assert f"# run folder: {tmp_path / 'runs'}/italypower-minilm-" in out
+    assert not (tmp_path / "runs").exists()

@@ -66,7 +66,8 @@ def test_predict_reproduces_the_stored_test_metric_on_a_bundled_task(italypower,
     assert rc == 0, err
     assert out.strip() == f"error: {result.summary['test_metric_best']!r}"
     with np.load(tmp_path / "pred.npz", allow_pickle=False) as f:
-        pred, proba, names = f["pred"], f["proba"], f["label_names"]
+        pred, proba, names, stored_y = f["pred"], f["proba"], f["label_names"], f["y"]
+    assert (stored_y == y).all()      # --labels copies y into the output
     assert pred.shape == (len(x),) and proba.shape == (len(x), 2)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
     assert (pred == proba.argmax(axis=1)).all()

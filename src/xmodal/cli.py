@@ -7,13 +7,15 @@ fails (e.g. NaN loss) exits 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import sys
 from typing import Optional
 
 from .config.choices import FINETUNE_MODES, NO_PROXY, NPZ_PREFIX, OBJECTIVES, PROXIES, help_text
-from .errors import UserError
+from .errors import Stopped, UserError
 
 FIT_FLAGS = [  # (flag, config key, type, help)
     ("--task", "task.name", str, "task name (see `xmodal tasks`) or npz:PATH"),
@@ -27,7 +29,7 @@ FIT_FLAGS = [  # (flag, config key, type, help)
     ("--max-train", "task.max_train", int, "subsample the training set to N samples (none: all)"),
     ("--max-test", "task.max_test", int,
      "subsample the test (and validation) set to N samples (none: all)"),
-    ("--device", "run.device", str, "cpu | cuda | auto"),
+    ("--device", "run.device", str, "cpu | cuda | cuda:N | auto"),
     ("--out", "run.out", str, "folder for run folders"),
     ("--data-dir", "task.data_dir", str,
      "folder with NAS-Bench-360 files (none: $XMODAL_DATA_DIR)"),
@@ -136,9 +138,10 @@ def _predict_parser(sub) -> None:
     pred.add_argument("--output", required=True, metavar="PRED.npz",
                       help="where to write the predictions (replaced atomically)")
     pred.add_argument("--labels", action="store_true",
-                      help="the input also holds `y`: print the task metric on it")
-    pred.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
-                      help="where to run the model")
+                      help="the input also holds `y`: print the task metric on it and copy "
+                           "`y` into the output")
+    pred.add_argument("--device", default="auto", metavar="DEVICE",
+                      help="cpu | cuda | cuda:N | auto (default: auto, as fit)")
     pred.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -261,6 +264,31 @@ def cmd_tasks(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _stop_on_sigterm():
+    """SIGTERM during `fit`: finish the epoch, write the resume snapshot, exit 143. A second
+    SIGTERM stops at once (the snapshot of an earlier epoch, if any, stays)."""
+    import signal
+    import threading
+    stop = threading.Event()
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("xmodal: SIGTERM: stopping after this epoch with a resume snapshot (send it again "
+              "to stop now)", file=sys.stderr, flush=True)
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:        # not the main thread (e.g. called from a notebook's worker)
+        yield None
+        return
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_fit(args) -> int:
     from .config import load_config
     from .runs.fit import fit
@@ -268,7 +296,8 @@ def cmd_fit(args) -> int:
     if args.dry_run:
         return _dry_run(cfg)
     log = _quiet_log if args.quiet else _log_line
-    result = fit(cfg, progress=not args.quiet, force=args.force, log=log)
+    with _stop_on_sigterm() as stop:
+        result = fit(cfg, progress=not args.quiet, force=args.force, log=log, stop=stop)
     if result.reused:
         log(f"run {result.run_dir} is already complete (use --force to retrain)")
     print(json.dumps({"run_dir": str(result.run_dir), "status": result.status,
@@ -316,6 +345,7 @@ def _dry_run(cfg) -> int:
     """Every pre-training check first (errors print alone), then the config and model summary."""
     from .config import to_yaml
     from .runs.fit import check_output_dir, preflight
+    from .config.identity import run_id
     from .model.finetune import apply_finetune_mode, trainable_summary
     check_output_dir(cfg)
     checked = preflight(cfg)
@@ -323,6 +353,7 @@ def _dry_run(cfg) -> int:
     if checked.model is None:   # a domain baseline: no network to summarise
         print(to_yaml(cfg))
         print(f"# task {spec.name}: baseline {cfg.baseline.method}, sizes {checked.data.sizes()}")
+        print(f"# run folder: {check_output_dir(cfg)} (run id {run_id(cfg)})")
         return 0
     model = apply_finetune_mode(checked.model, cfg.train.finetune, cfg.train.lora_rank)
     params = trainable_summary(model)
@@ -332,6 +363,13 @@ def _dry_run(cfg) -> int:
     print(f"# embedder: {model.embedder.n_tokens} tokens, grid {model.embedder.grid}; "
           f"init from body: {', '.join(checked.notes) or 'no'}")
     print("# parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()))
+    from .stages.optim import resolve_budget
+    from .stages.device import resolve_precision
+    b = resolve_budget(cfg.train, len(checked.data.x_train))
+    print(f"# budget: batch {b.batch_size}, {b.epochs} epochs x {b.steps_per_epoch} steps = "
+          f"{b.steps} optimizer steps ({b.rule}); precision "
+          f"{resolve_precision(checked.device, cfg.run.precision)}")
+    print(f"# run folder: {check_output_dir(cfg)} (run id {run_id(cfg)})")
     return 0
 
 
@@ -376,12 +414,27 @@ COMMANDS = {"tasks": cmd_tasks, "fit": cmd_fit, "baseline": cmd_baseline, "predi
             "distance": cmd_distance, "study": cmd_study, "report": cmd_report}
 
 
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def join_negative_values(argv: list) -> list:
+    """`--lr -1e-3` -> `--lr=-1e-3`: argparse takes '-1e-3' for an option (it only knows plain
+    negative numbers such as -1 or -0.5), so a flag followed by a negative number is joined."""
+    out: list = []
+    for tok in map(str, argv):
+        if out and NEGATIVE_NUMBER.match(tok) and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={tok}"
+        else:
+            out.append(tok)
+    return out
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU spinning threads
     # slowed OTDD and AdamW steps several-fold (docs/benchmarks.md). Set it yourself to override.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
     try:
         code = COMMANDS[args.command](args)
         sys.stdout.flush()   # inside the try: a closed pipe is caught below, not at exit
@@ -389,6 +442,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except UserError as exc:
         print(f"xmodal: error: {exc}", file=sys.stderr)
         return 2
+    except Stopped as exc:
+        print(f"xmodal: {exc}", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("xmodal: interrupted", file=sys.stderr)
         return 130

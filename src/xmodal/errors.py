@@ -14,6 +14,10 @@ class UserError(Exception):
 START_OVER = "rerun with --force (or delete the run folder) to start this run over"
 
 
+class Stopped(KeyboardInterrupt):
+    """A run stopped on request (SIGTERM) after an epoch, with its resume snapshot written."""
+
+
 class RunFailed(RuntimeError):
     """A run that cannot finish: stored with status `failed`, exit code 1."""
 

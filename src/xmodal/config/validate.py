@@ -5,6 +5,7 @@ numbers and the run name. A failed check is one `UserError` naming the key.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -25,7 +26,6 @@ CHOICES = {
     "train.optimizer": ("adamw", "sgd"),
     "train.schedule": ("cosine", "linear", "constant"),
     "train.finetune": choices.names(choices.FINETUNE_MODES),
-    "run.device": ("auto", "cpu", "cuda"),
     "run.precision": ("auto", "fp32", "bf16"),
     "task.validation": ("auto", "carve", "none"),
 }
@@ -38,6 +38,7 @@ POSITIVE = {"train.embedder_lr_mult": 0, "train.predictor_lr_mult": 0, "train.mi
             "align.lr_gamma": 0, "train.lora_rank": 1, "train.weight_decay": 0, "run.seed": 0}
 
 
+DEVICE_NAME = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 MAX_RUN_NAME = 200       # characters; file systems allow 255 bytes per name
 MAX_SEED = 2 ** 31 - 1   # seeds are combined with epoch counters into torch / numpy seeds
 
@@ -51,6 +52,9 @@ def _check_ranges(cfg: Config) -> None:
                         f"at the last epoch); got {cfg.train.decay_epochs!r}")
     if not 0.0 <= cfg.train.momentum < 1.0:
         raise UserError(f"config key 'train.momentum' must be in [0, 1); got {cfg.train.momentum!r}")
+    if not DEVICE_NAME.match(str(cfg.run.device)):
+        raise UserError(f"config key 'run.device' must be auto, cpu, cuda or cuda:N (a GPU "
+                        f"index); got {cfg.run.device!r}")
     if not str(cfg.run.out).strip():
         raise UserError("config key 'run.out' (--out) is empty (an unset shell variable?); name "
                         "the folder for run folders, e.g. --out runs")

@@ -65,10 +65,12 @@ def as_config(config: Union[Config, dict, str, Path, None]) -> Config:
 
 def fit(config: Union[Config, dict, str, Path, None] = None, *, progress: bool = True,
         force: bool = False, log: Callable[[str], None] = print,
-        data: Optional[TaskData] = None, run_dir: Optional[Path] = None) -> FitResult:
+        data: Optional[TaskData] = None, run_dir: Optional[Path] = None,
+        stop=None) -> FitResult:
     """Train and evaluate one configuration. Re-running a finished run returns its stored
     result with `reused=True` (unless `force=True`, which retrains); re-running an interrupted
-    one resumes after its last epoch."""
+    one resumes after its last epoch. `stop` (a threading.Event): once set, the run writes its
+    resume snapshot after the current epoch and raises `errors.Stopped`."""
     cfg = as_config(config)
     folder = RunFolder(check_output_dir(cfg, run_dir))   # before any expensive work
     if cfg.run.threads:
@@ -89,11 +91,11 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, progress: bool =
     if baseline:
         return _fit_baseline(cfg, checked.data, folder, started, log)
     save_task_record(folder.path, checked.data)
-    return _fit_model(resolved, checked, folder, snapshot, started, progress, log)
+    return _fit_model(resolved, checked, folder, snapshot, started, progress, log, stop)
 
 
 def _fit_model(resolved: Resolved, checked: "Preflight", folder: RunFolder, snapshot,
-               started: float, progress: bool, log) -> FitResult:
+               started: float, progress: bool, log, stop=None) -> FitResult:
     cfg, device, data = resolved.config, checked.device, checked.data
     summary = _base_summary(cfg, data, folder, device, checked.notes)
     trainer = None
@@ -102,7 +104,7 @@ def _fit_model(resolved: Resolved, checked: "Preflight", folder: RunFolder, snap
         model = apply_finetune_mode(checked.model, cfg.train.finetune, cfg.train.lora_rank)
         summary.parameters = trainable_summary(model)
         _log_start(log, folder, data, cfg, summary.parameters)
-        trainer = _trainer(cfg, model, data, device, folder, progress, log)
+        trainer = _trainer(cfg, model, data, device, folder, progress, log, stop)
         summary.budget = dataclasses.asdict(trainer.budget)
         if trainer.cached:
             summary.notes = [*summary.notes, "embedder and body frozen: their outputs were "
@@ -144,9 +146,10 @@ def trainer_for(cfg: Config, model, data: TaskData, device, **kwargs) -> Trainer
 
 
 def _trainer(cfg: Config, model, data: TaskData, device, folder: RunFolder, progress: bool,
-             log) -> Trainer:
+             log, stop=None) -> Trainer:
     trainer = trainer_for(cfg, model, data, device, resume_path=folder.resume, progress=progress,
-                          on_epoch=lambda rec: _on_epoch(folder, trainer, rec, data, log))
+                          on_epoch=lambda rec: _on_epoch(folder, trainer, rec, data, log),
+                          stop=stop)
     return trainer
 
 

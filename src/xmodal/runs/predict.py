@@ -251,7 +251,7 @@ def read_input(path, need_y: bool) -> tuple[np.ndarray, Optional[np.ndarray]]:
 
 
 def predict_command(run_dir, input_path, output_path, labels: bool = False,
-                    device: str = "cpu", progress: bool = False) -> dict:
+                    device: str = "auto", progress: bool = False) -> dict:
     """Predict on `input_path`, write `output_path` atomically; returns what to print."""
     x, y = read_input(input_path, labels)
     if Path(output_path).expanduser().is_dir():
@@ -264,6 +264,8 @@ def predict_command(run_dir, input_path, output_path, labels: bool = False,
         arrays["proba"] = _proba(run.spec.kind, out)
     if run.label_names:
         arrays["label_names"] = np.asarray(run.label_names, dtype=str)
+    if labels:
+        arrays["y"] = np.asarray(y)
     write_npz(output_path, arrays)
     result = {"output": str(output_path), "n": len(out), "task": run.spec.name}
     if labels:

@@ -12,13 +12,26 @@ import torch
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`; a GPU that is not there is a
+    `UserError` (CUDA_VISIBLE_DEVICES renumbers the GPUs this process sees from 0)."""
+    from ..errors import UserError
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        from ..errors import UserError
-        raise UserError("run.device is 'cuda' but no CUDA device is available; set run.device "
-                        "to cpu or auto (--device cpu)")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"run.device must be auto, cpu, cuda or cuda:N; got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"run.device is '{name}' but no CUDA device is available; set "
+                            f"run.device to cpu or auto (--device cpu)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UserError(f"run.device is '{name}' but this process sees {count} GPU(s) "
+                            f"(cuda:0 to cuda:{count - 1}; CUDA_VISIBLE_DEVICES renumbers them)")
+    elif device.type != "cpu":
+        raise UserError(f"run.device must be auto, cpu, cuda or cuda:N; got {name!r}")
+    return device
 
 
 def cpu_has_bf16() -> bool:

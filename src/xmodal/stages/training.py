@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..data.types import TaskData
-from ..errors import START_OVER, TrainingDiverged, UserError, one_line
+from ..errors import START_OVER, Stopped, TrainingDiverged, UserError, one_line
 from ..io.artifacts import atomic_torch_save
 from .device import autocast
 from .evaluate import evaluate
@@ -69,11 +69,12 @@ class Trainer:
                  device: torch.device, *, seed: int = 0, precision: str = "fp32",
                  loader: LoaderOptions = LoaderOptions(), resume_interval: float = 60.0,
                  resume_path: Optional[Path] = None, on_epoch: Optional[Callable] = None,
-                 progress: bool = True):
+                 progress: bool = True, stop=None):
         self.model, self.data, self.tc, self.device = model.to(device), data, train, device
         self.seed, self.precision, self.loader_opts = seed, precision, loader
         self.resume_interval = resume_interval
         self.resume_path, self.on_epoch, self.progress = resume_path, on_epoch, progress
+        self.stop = stop    # a threading.Event: set, the run snapshots after this epoch and stops
         tc = train
         self.loss_fn = make_loss(data.spec.kind, tc.pos_weight)
         self.budget = resolve_budget(tc, len(data.x_train))
@@ -175,6 +176,11 @@ class Trainer:
             bar.update(1)
             if self.on_epoch is not None:
                 self.on_epoch(record)
+            if self.stop is not None and self.stop.is_set() and epoch < self.epochs:
+                bar.close()
+                self._save_resume()
+                raise Stopped(f"stopped after epoch {epoch} of {self.epochs}; the same command "
+                              f"resumes from there")
         bar.close()
         return self.state
 
