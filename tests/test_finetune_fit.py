@@ -146,3 +146,22 @@ def test_test_split_scored_once_when_the_last_epoch_is_kept(tmp_path, monkeypatc
                                      "run.out": str(tmp_path / "b")}), progress=False,
               log=lambda m: None)
     assert two.summary["best_epoch"] == 1 and len(calls) == 2
+
+
+def test_report_of_one_run_folder(tmp_path, capsys):
+    """`xmodal report RUN_DIR`: the run's numbers from its summary, its curves, its config."""
+    from xmodal import cli
+    result = fit(load_config(overrides={**TINY, "train.epochs": 2, "train.test_each_epoch": True,
+                                        "run.out": str(tmp_path)}),
+                 progress=False, log=lambda m: None)
+    assert cli.main(["report", str(result.run_dir)]) == 0
+    out = result.run_dir / "report"
+    md = (out / "report.md").read_text()
+    s = result.summary
+    assert f"| test error (best validation epoch, epoch {s['best_epoch']}) | " \
+           f"{s['test_metric_best']:.4f} |" in md
+    assert f"| test error (last epoch) | {s['test_metric_last']:.4f} |" in md
+    assert "| train.epochs | 2 |" in md and f"| seed | {TINY['run.seed']} |" in md
+    assert (out / "curves.png").read_bytes().startswith(b"\x89PNG")
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    assert "report written to" in capsys.readouterr().out

@@ -175,7 +175,7 @@ def test_all_four_experiments(tmp_path):
         assert rq in md
     # every section ends with the paper's finding beside ours
     for section in md.split("\n## ")[1:]:
-        if section.startswith("Verdicts"):   # ends with the claims table instead
+        if section.startswith(("Verdicts", "Provenance")):   # end with their own tables
             continue
         table = section.rstrip().splitlines()[-3:]
         assert table[1].startswith("| paper (arXiv 2403.13537) |")
@@ -425,3 +425,28 @@ def test_custom_part_without_per_epoch_records_still_reports(tmp_path):
     b.store.close()
     md = write_report(tmp_path).read_text()
     assert "## Custom study: part 'sweep'" in md and "| gunpoint | b | 3 |" in md
+
+
+def test_provenance_names_the_base_each_settings_difference_and_the_recorded_code(tmp_path):
+    """The base is the value most settings share; a setting lists only where it differs; the
+    code and machine come from the runs' own config.yaml files."""
+    import yaml
+    b = Builder(tmp_path)
+    _proxy_part(b)     # 2 tasks x naive / text / fake-text, 3 seeds each
+    b.store.close()
+    for i in range(b.n):
+        folder = tmp_path / "runs" / f"r{i:04d}"
+        folder.mkdir(parents=True)
+        commit = "abc123" if i < 10 else "def456-dirty"
+        (folder / "config.yaml").write_text(yaml.safe_dump(
+            {"git_commit": commit, "device": "cpu", "versions": {"xmodal": "0.1.0"}}))
+    md = write_report(tmp_path).read_text()
+    prov = md[md.index("## Provenance"):]
+    # align.proxy: "none", "text" and "fake-text" on 2 settings each: the tie goes to the first
+    # seen ("none"); align.epochs: 4 of the 6 settings have 4 (naive has 0)
+    assert '| align.epochs | 4 |' in prov and '| body.name | "minilm" |' in prov
+    assert '| align.proxy | "none" |' in prov
+    assert "| proxy | naive | digits | align.epochs=0 | 0-2 (3) |" in prov
+    assert '| proxy | text | italypower | align.proxy="text" | 0-2 (3) |' in prov
+    assert "| git_commit | abc123 | 10 |" in prov and "| git_commit | def456-dirty | 8 |" in prov
+    assert "| xmodal | 0.1.0 | 18 |" in prov

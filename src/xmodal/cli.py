@@ -93,10 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     _predict_parser(sub)
     _distance_parser(sub)
     _study_parser(sub)
-    rep = _command(sub, "report", "figures and report.md / report.html for a study folder",
-                   "Write DIR/report/: report.md, report.html and one figure per research "
-                   "question, from the study store in DIR.")
-    rep.add_argument("dir", metavar="DIR", help="a study folder (`xmodal study run --out DIR`)")
+    rep = _command(sub, "report", "figures and report.md / report.html for a study or one run",
+                   "Write DIR/report/: report.md, report.html and the figures. For a study "
+                   "folder: one figure per research question, from the study store in DIR. For "
+                   "one run folder (`xmodal fit`'s): its curves, summary and provenance.")
+    rep.add_argument("dir", metavar="DIR", help="a study folder (`xmodal study run --out DIR`) "
+                                                "or a run folder (`xmodal fit`'s)")
     return parser
 
 
@@ -404,8 +406,12 @@ def cmd_study(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .study.report import write_report
-    path = write_report(args.dir)
+    from pathlib import Path
+
+    from .study.report import is_run_folder, write_report, write_run_report
+    folder = Path(args.dir)
+    one_run = is_run_folder(folder) and not (folder / "study.db").exists()
+    path = write_run_report(folder) if one_run else write_report(folder)
     print(f"report written to {path}")
     return 0
 

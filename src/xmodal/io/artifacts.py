@@ -8,6 +8,7 @@ writes a temporary file in the same folder and renames it over the target.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -97,7 +98,14 @@ def save_safetensors(state: dict, path: str | Path, metadata: dict | None = None
 
 
 def git_commit(start: str | Path | None = None) -> str | None:
-    folder = Path(start or Path(__file__).resolve().parent)
+    """The commit of the code this process runs (`-dirty` with uncommitted changes to tracked
+    files), read once per process and folder: the code was imported then, so a commit made
+    while a long study runs does not relabel its later runs."""
+    return _git_commit(str(Path(start or Path(__file__).resolve().parent)))
+
+
+@functools.lru_cache(maxsize=8)
+def _git_commit(folder: str) -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True,
                              text=True, timeout=5)

@@ -18,6 +18,7 @@ from . import decisions
 from ..store import Store
 from .baselines import baseline_refs, reference_table, section_baselines
 from .custom import section_custom
+from .provenance import section_provenance
 from .data import Section, load_parts
 from .rq1_proxy import section_proxy
 from .rq2_align_epochs import section_align_epochs
@@ -38,6 +39,7 @@ def build_sections(folder: Path, out: Path) -> tuple[list[Section], dict]:
         studies = store.studies()
         failed = store.runs("failed")
         runs = store.runs()
+        members = store.members()
     if not any(p.done() for p in parts):
         from ...errors import UserError
         raise UserError(f"study folder '{folder}' has no finished runs to report yet "
@@ -62,6 +64,7 @@ def build_sections(folder: Path, out: Path) -> tuple[list[Section], dict]:
     verdicts, comparisons, claims = decisions.build(parts, refs, margins, _modality)
     verdicts.blocks[1:1] = _sequential_note(studies, comparisons)
     sections.append(verdicts)
+    sections.append(section_provenance(folder, members, runs))
     seconds = sum(r["seconds"] or 0 for r in runs)
     meta = {"counts": counts, "studies": studies, "failed": failed, "run_seconds": seconds,
             "n_runs": len(runs), "verdicts": {"rule": VERDICT_RULE, "comparisons": comparisons,
