@@ -499,3 +499,41 @@ def test_crafted_pickle_in_a_real_process(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "refused to unpickle" in lines[0] and not marker.exists()
     assert not (tmp_path / "out").exists()
+
+
+def test_a_symlink_named_like_the_run_is_not_followed(box, capsys):
+    elsewhere = box.root / "elsewhere"
+    elsewhere.mkdir()
+    box.out.mkdir()
+    (box.out / "myrun").symlink_to(elsewhere)
+    line = box.run(fit_args(box, "--set", "run.name=myrun"), capsys)
+    assert "is a symbolic link" in line and list(elsewhere.iterdir()) == []
+
+
+def test_a_run_folder_in_use_is_refused(box, capsys):
+    """Another process holds the run folder's lock (a second `fit` of the same run)."""
+    import fcntl
+    box.out.mkdir()
+    held = box.out / "busy"
+    held.mkdir()
+    with open(held / ".lock", "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        pid = os.fork()
+        if pid == 0:   # the child keeps the lock while the parent tries
+            import time
+            time.sleep(60)
+            os._exit(0)
+        try:
+            fh.close()   # the child still holds it
+            line = box.run(fit_args(box, "--set", "run.name=busy"), capsys)
+        finally:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+    assert "is in use by another xmodal process" in line
+    assert sorted(p.name for p in held.iterdir()) == [".lock"]
+
+
+def test_a_failed_fit_leaves_no_empty_run_folder(box, capsys):
+    box.run(["fit", "--task", "npz:/no/such.npz", "--quiet", "--out", box.out / "a" / "b"],
+            capsys)
+    assert not (box.out / "a").exists()

@@ -75,6 +75,12 @@ def fit(config: Union[Config, dict, str, Path, None] = None, *, progress: bool =
     folder = RunFolder(check_output_dir(cfg, run_dir))   # before any expensive work
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
+    with folder.locked():
+        return _fit_locked(cfg, folder, progress, force, log, data, stop)
+
+
+def _fit_locked(cfg: Config, folder: RunFolder, progress: bool, force: bool, log,
+                data: Optional[TaskData], stop) -> FitResult:
     if force:
         folder.clear_progress()
     else:
@@ -198,6 +204,10 @@ def check_output_dir(cfg: Config, run_dir: Optional[Path] = None) -> Path:
     check_run_name(cfg.run.name)
     out = Path(cfg.run.out).expanduser()
     run_dir = Path(run_dir).expanduser() if run_dir is not None else out / run_id(cfg)
+    if run_dir.is_symlink():
+        raise UserError(f"run folder {run_dir} is a symbolic link (to {os.readlink(run_dir)}); "
+                        f"xmodal writes only inside --out: remove the link or pick another "
+                        f"run.name")
     for parent in (run_dir, *run_dir.parents):
         if not parent.exists():
             continue

@@ -3,14 +3,17 @@
 `RunFolder(path)` names every file a run writes (`config.yaml`, `task.json`, `metrics.jsonl`,
 `summary.json`, `best.safetensors`, `align.jsonl`, `align/`, `resume.pt`), writes them
 atomically and reads them back, turning a damaged file into one `UserError` that names it and
-`--force`. `Summary` is the typed content of `summary.json`, built by fit and by the domain
+`--force`. `locked()` holds the folder for one process (an advisory `flock` on `.lock`): a
+second `fit` of the same run at the same time is refused instead of training into it too. `Summary` is the typed content of `summary.json`, built by fit and by the domain
 baselines, read by the study store, the report and predict.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -93,6 +96,7 @@ class RunFolder:
     ALIGN_TRACE = "align.jsonl"
     ALIGN_DIR = "align"
     RESUME = "resume.pt"
+    LOCK = ".lock"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -115,6 +119,36 @@ class RunFolder:
     align_trace = property(lambda self: self.file(self.ALIGN_TRACE))
     align_dir = property(lambda self: self.file(self.ALIGN_DIR))
     resume = property(lambda self: self.file(self.RESUME))
+
+    # ------------------------------------------------------------------ locking
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold this run folder for the calling process; another holder is a `UserError`.
+        Folders created here are removed again if nothing else was written into them."""
+        created = [p for p in (self.path, *self.path.parents) if not p.exists()]
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.file(self.LOCK)
+        fh = open(path, "a+")
+        try:
+            _try_lock(fh)
+        except BlockingIOError:
+            fh.close()
+            raise UserError(f"run folder {self.path} is in use by another xmodal process (the "
+                            f"same run started twice?); wait for it to end, or pick another "
+                            f"--out / run.name") from None
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+            yield self
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            fh.close()
+            for p in created:           # deepest first
+                with contextlib.suppress(OSError):
+                    p.rmdir()           # only when empty
 
     # ------------------------------------------------------------------ writing
     def write_config(self, doc: dict) -> None:
@@ -161,6 +195,15 @@ class RunFolder:
         except Exception as exc:
             raise UserError(f"run folder file {path} is damaged ({one_line(exc)}); "
                             f"{START_OVER}") from None
+
+
+def _try_lock(fh) -> None:
+    """A non-blocking exclusive lock on `fh` (BlockingIOError when held); no-op without fcntl."""
+    try:
+        import fcntl
+    except ImportError:   # Windows: no advisory lock
+        return
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _mapping(obj: Any) -> dict:
