@@ -450,3 +450,29 @@ def test_provenance_names_the_base_each_settings_difference_and_the_recorded_cod
     assert '| proxy | text | italypower | align.proxy="text" | 0-2 (3) |' in prov
     assert "| git_commit | abc123 | 10 |" in prov and "| git_commit | def456-dirty | 8 |" in prov
     assert "| xmodal | 0.1.0 | 18 |" in prov
+
+
+def test_study_compare_pairs_shared_settings_by_seed(tmp_path, capsys):
+    """`xmodal study compare A B`: only shared settings, paired by seed, decided by the paired
+    t-test (checked against scipy) with Holm over the shared settings."""
+    from xmodal import cli
+    from xmodal.study.compare import compare
+    a, b = Builder(tmp_path / "a"), Builder(tmp_path / "b")
+    a.add("proxy", "proxy", "digits", [0.10, 0.11, 0.12, 0.13], {"label": "naive"})
+    b.add("proxy", "proxy", "digits", [0.20, 0.205, 0.23, 0.22], {"label": "naive"})
+    a.add("proxy", "proxy", "digits", [0.30, 0.31, 0.29, 0.30], {"label": "text"}, proxy="text")
+    b.add("proxy", "proxy", "digits", [0.30, 0.31, 0.29, 0.31], {"label": "text"}, proxy="text")
+    b.add("proxy", "proxy", "digits", [0.5, 0.5, 0.5], {"label": "only-b"}, proxy="fake-text")
+    a.store.close()
+    b.store.close()
+    rows = {r["setting"]: r for r in compare(tmp_path / "a", tmp_path / "b")}
+    assert set(rows) == {"naive", "text"}          # "only-b" is not shared
+    d = np.array([0.10, 0.11, 0.12, 0.13]) - np.array([0.20, 0.205, 0.23, 0.22])
+    p = sps.ttest_1samp(d, 0).pvalue
+    assert rows["naive"]["diff"] == pytest.approx(d.mean())
+    assert rows["naive"]["verdict"] == ("lower" if min(1, 2 * p) < 0.05 else "inconclusive")
+    assert rows["naive"]["margin"] is None          # no spec margins: no equivalence test
+    assert rows["text"]["verdict"] == "inconclusive"
+    assert cli.main(["study", "compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "2 shared settings, paired by seed" in out and "| proxy | naive | digits | 4 |" in out

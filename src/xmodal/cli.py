@@ -237,6 +237,14 @@ def _study_parser(sub) -> None:
                   "Export one CSV row per run: its axes, status and final metrics.")
     ex.add_argument("dir", metavar="DIR", help="a study folder")
     ex.add_argument("--csv", required=True, metavar="FILE", help="the CSV file to write")
+    cmp_ = _command(ssub, "compare", "two study folders side by side",
+                    "The settings (part, label, task) two study folders share, paired by seed, "
+                    "each decided lower / higher / equivalent / inconclusive (A - B, Holm over "
+                    "the shared settings, at A's margins), e.g. before and after a recipe "
+                    "change. Prints a markdown table.")
+    cmp_.add_argument("a", metavar="A", help="a study folder")
+    cmp_.add_argument("b", metavar="B", help="another study folder")
+    cmp_.add_argument("--md", metavar="FILE", help="also write the table to FILE")
 
 
 def overrides_from_args(args) -> list[str]:

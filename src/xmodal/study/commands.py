@@ -1,4 +1,4 @@
-"""The `xmodal study` subcommands (`list`, `run`, `status`, `export`): argument parsing
+"""The `xmodal study` subcommands (`list`, `run`, `status`, `export`, `compare`): argument parsing
 helpers, the status text and the CSV export, all on top of `spec`, `runner`, `store` and
 `export`.
 """
@@ -195,5 +195,9 @@ def cli(args) -> int:
         path = export_csv(args.dir, args.csv)
         if path is not None:      # `--csv -`: the CSV itself went to stdout
             print(f"wrote {path}", file=sys.stderr)
+        return 0
+    if cmd == "compare":
+        from .compare import compare_command
+        print(compare_command(args.a, args.b, args.md), end="")
         return 0
     raise UserError(f"unknown study command {cmd!r}")
