@@ -476,3 +476,30 @@ def test_study_compare_pairs_shared_settings_by_seed(tmp_path, capsys):
     assert cli.main(["study", "compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
     out = capsys.readouterr().out
     assert "2 shared settings, paired by seed" in out and "| proxy | naive | digits | 4 |" in out
+
+
+def test_export_of_per_epoch_metrics_and_alignment_traces(tmp_path, capsys):
+    import csv
+    from xmodal import cli
+    b = Builder(tmp_path / "s")
+    b.add("align-epochs", "align-epochs", "digits", [0.1, 0.2], {"label": "4"},
+          trace=lambda seed: [{"epoch": e, "value": 10.0 - e + seed} for e in range(3)],
+          proxy="text")
+    b.store.close()
+    assert cli.main(["study", "export", str(tmp_path / "s"), "--epochs", str(tmp_path / "e.csv"),
+                     "--align", str(tmp_path / "a.csv")]) == 0
+    epochs = list(csv.DictReader(open(tmp_path / "e.csv")))
+    align = list(csv.DictReader(open(tmp_path / "a.csv")))
+    assert len(epochs) == 2 * 3 and len(align) == 2 * 3          # 2 runs x 3 epochs each
+    first = [r for r in epochs if r["seed"] == "1"]
+    assert [float(r["val_metric"]) for r in first] == pytest.approx([0.2 + 0.1 / e for e in (1, 2, 3)])
+    assert [float(r["value"]) for r in align if r["seed"] == "1"] == [11.0, 10.0, 9.0]
+    assert all(r["experiments"] == "align-epochs:4" for r in epochs)
+    rc = cli.main(["study", "export", str(tmp_path / "s")])
+    assert rc == 2 and "needs --csv FILE, --epochs FILE or --align FILE" in capsys.readouterr().err
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        rc = cli.main(["study", "export", str(tmp_path / "s"), "--epochs",
+                       str(tmp_path / "e.parquet")])
+        assert rc == 2 and "needs pyarrow" in capsys.readouterr().err

@@ -233,10 +233,15 @@ def _study_parser(sub) -> None:
     st = _command(ssub, "status", "counts and failures of a study folder",
                   "Runs done / running / pending / failed, and each failure's error.")
     st.add_argument("dir", metavar="DIR", help="a study folder")
-    ex = _command(ssub, "export", "one CSV row per run",
-                  "Export one CSV row per run: its axes, status and final metrics.")
+    ex = _command(ssub, "export", "CSV (or Parquet) tables of a study's results",
+                  "Export one row per run (--csv: axes, status, final metrics), per run and "
+                  "fine-tuning epoch (--epochs) or per run and embedder epoch (--align: the "
+                  "alignment objective). A name ending in .parquet writes Parquet (needs "
+                  "pyarrow); '-' writes CSV to stdout.")
     ex.add_argument("dir", metavar="DIR", help="a study folder")
-    ex.add_argument("--csv", required=True, metavar="FILE", help="the CSV file to write")
+    ex.add_argument("--csv", metavar="FILE", help="one row per run")
+    ex.add_argument("--epochs", metavar="FILE", help="one row per run and fine-tuning epoch")
+    ex.add_argument("--align", metavar="FILE", help="one row per run and embedder epoch")
     cmp_ = _command(ssub, "compare", "two study folders side by side",
                     "The settings (part, label, task) two study folders share, paired by seed, "
                     "each decided lower / higher / equivalent / inconclusive (A - B, Holm over "

@@ -73,9 +73,13 @@ def _alive(run: dict) -> bool:
     return token_alive(run.get("owner"))
 
 
-def export_csv(folder: str | Path, path: str | Path) -> Optional[Path]:
+def export_csv(folder: str | Path, path: str | Path, what: str = "csv") -> Optional[Path]:
+    """`what`: csv (one row per run), epochs (per fine-tuning epoch), align (per embedder
+    epoch)."""
+    from .export import align_rows, epoch_rows
     with Store(folder) as store:
-        return _write_csv(store, path)
+        rows = {"csv": None, "epochs": epoch_rows, "align": align_rows}[what]
+        return _write_csv(store, path, f"--{what}", None if rows is None else rows(store))
 
 
 def _split(value: Optional[str]) -> Optional[list[str]]:
@@ -192,9 +196,16 @@ def cli(args) -> int:
         print(text)
         return 0
     if cmd == "export":
-        path = export_csv(args.dir, args.csv)
-        if path is not None:      # `--csv -`: the CSV itself went to stdout
-            print(f"wrote {path}", file=sys.stderr)
+        targets = [(flag, getattr(args, flag)) for flag in ("csv", "epochs", "align")
+                   if getattr(args, flag)]
+        if not targets:
+            raise UserError("study export needs --csv FILE, --epochs FILE or --align FILE")
+        if sum(path == "-" for _, path in targets) > 1:
+            raise UserError("only one of --csv / --epochs / --align can be '-' (stdout)")
+        for flag, target in targets:
+            path = export_csv(args.dir, target, flag)
+            if path is not None:      # '-': the CSV itself went to stdout
+                print(f"wrote {path}", file=sys.stderr)
         return 0
     if cmd == "compare":
         from .compare import compare_command
