@@ -103,3 +103,42 @@ def test_inner_choice_reaches_the_distance(pair, capsys, inner):
     assert result["otdd"] == pytest.approx(expected, rel=1e-6, abs=1e-9)
     sinkhorn = float(otdd(*tensors, inner="sinkhorn", eps=0.5))
     assert abs(expected - sinkhorn) > 1e-4 * abs(sinkhorn)        # a different quantity
+
+
+def test_target_run_folder_uses_the_runs_trained_embedder(capsys, tmp_path, monkeypatch):
+    """`--target RUN_DIR`: the run's task through its trained embedder. Checked against the
+    same OTDD computed from features taken out of the run by hand (xmodal.load_run)."""
+    import xmodal
+    from xmodal.data.registry import load_task
+    from xmodal.data.proxies import sample_indices
+    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "cache"))
+    cfg = xmodal.load_config(overrides={
+        "task.name": "italypower", "task.max_train": 40, "body.num_layers": 1,
+        "embedder.seq_len": 4, "train.epochs": 2, "train.lr": 1e-2, "run.device": "cpu",
+        "run.out": str(tmp_path / "runs"), "run.threads": 1})
+    result = xmodal.fit(cfg, progress=False, log=lambda m: None)
+    rc, out, err = run(capsys, "--source", "fake-text", "--target", result.run_dir,
+                       "--max-samples", "30", "--eps", "10", "--json")
+    assert rc == 0, err
+    got = json.loads(out)
+    assert "trained embedder" in got["target_features"] and got["n_target"] == 30
+    # by hand: the run's embedder on its own (normalised) training split, same sample
+    loaded = xmodal.load_run(result.run_dir)
+    data = load_task(cfg.task)
+    idx = sample_indices(np.asarray(data.y_train), 30, seed=0)
+    with torch.no_grad():
+        xt = loaded.model.embed(torch.from_numpy(data.x_train[idx]).float()).double().numpy()
+    untrained = run(capsys, "--source", "fake-text", "--target", "italypower", "--max-samples",
+                    "30", "--eps", "10", "--json", "--body", "minilm")
+    assert json.loads(untrained[1])["otdd"] != got["otdd"]   # the embedder trained: it moved
+    src = tmp_path / "src.npz"
+    from xmodal.data.proxies import ProxySource, proxy_features
+    from xmodal.model.bodies import load_body
+    torch.manual_seed(0)
+    body = load_body(cfg.body).eval()
+    xs, ys, _ = proxy_features("fake-text", body, ProxySource(30, None, None))
+    np.savez(src, x=xs.double().numpy(), y=ys.numpy())
+    np.savez(tmp_path / "tgt.npz", x=xt, y=np.asarray(data.y_train)[idx])
+    rc, out, _ = run(capsys, "--source", src, "--target", tmp_path / "tgt.npz", "--eps", "10",
+                     "--json")
+    assert json.loads(out)["otdd"] == pytest.approx(got["otdd"], rel=1e-6)

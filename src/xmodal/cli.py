@@ -174,7 +174,8 @@ def _distance_parser(sub) -> None:
                     "The optimal-transport dataset distance (OTDD) between a source and a "
                     "target: labelled feature files, or task / proxy names embedded with a body.")
     dist.add_argument("--source", required=True, help="npz with x (N,d), y (N,), or a task/proxy")
-    dist.add_argument("--target", required=True, help="npz with x (N,d) [, y], or a task name")
+    dist.add_argument("--target", required=True, help="npz with x (N,d) [, y], a task name, or "
+                      "a run folder (its task through its trained embedder)")
     dist.add_argument("--inner", default="sinkhorn", choices=["sinkhorn", "gaussian", "exact"],
                       help="label-to-label distance: entropic OT (sinkhorn), Gaussian "
                            "approximation (Bures-Wasserstein), or exact OT")

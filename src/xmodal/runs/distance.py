@@ -6,7 +6,8 @@ embedding space of `--body` (default minilm):
 * source: a proxy name (digits, mnist, cifar10, fakedata, text, fake-text, npz:PATH - the body's
   own input embedding, as in alignment; `proxy:NAME` forces this reading), else a task name
   (`task:NAME` forces it), or an .npz file;
-* target: a task name, or an .npz file.
+* target: a task name, an .npz file, or a finished run folder: its own task through its
+  trained embedder (`best.safetensors`), with the proxy source through that run's body.
 A task's features are what alignment compares: its embedder at initialisation (built for the
 task and the body with seed 0, initialised from the body), mean over tokens, on up to
 `--max-samples` training samples (seeded, at least 2 per class); its labels are the classes
@@ -38,17 +39,19 @@ def distance_command(args) -> dict:
     from ..model.bodies import load_body
     from ..config import BodyConfig
     torch.manual_seed(SEED)
-    body = load_body(BodyConfig(name=args.body))
+    run = _finished_run(args.target)
+    body = load_body(run.config.body if run is not None else BodyConfig(name=args.body))
     body.eval()
     xs, ys, sdesc = _side(args.source, "source", body, args)
-    xt, yt, tdesc = _side(args.target, "target", body, args)
+    xt, yt, tdesc = (_run_side(run, args) if run is not None
+                     else _side(args.target, "target", body, args))
     if xs.shape[1] != xt.shape[1]:
         raise UserError(f"source and target feature dimensions differ: "
                         f"{xs.shape[1]} vs {xt.shape[1]}")
     value = _otdd(xs, ys, xt, yt, args.inner, args.eps, args.max_iter)
     return {"otdd": value, "source": args.source, "target": args.target, "inner": args.inner,
             "eps": float(args.eps), "n_source": int(len(xs)), "n_target": int(len(xt)),
-            "dim": int(xs.shape[1]), "body": args.body, "source_features": sdesc,
+            "dim": int(xs.shape[1]), "body": run.config.body.name if run else args.body, "source_features": sdesc,
             "target_features": tdesc, "source_classes": _n_classes(ys),
             "target_classes": _n_classes(yt)}
 
@@ -108,10 +111,8 @@ def _task_names() -> list:
 
 
 def _task_side(name: str, role: str, body, args):
-    from ..stages.align import pseudo_labels
     from ..config import TaskConfig
     from ..config.choices import IMAGE_PROXIES, TEXT_PROXIES
-    from ..data.proxies import sample_indices
     from ..data.registry import REGISTRY, load_task
     if name not in REGISTRY and not name.startswith("npz:"):
         proxies = ", ".join(IMAGE_PROXIES + TEXT_PROXIES + ("npz:PATH",))
@@ -119,15 +120,48 @@ def _task_side(name: str, role: str, body, args):
         raise UserError(f"unknown {role} '{name}': expected {what}a task name "
                         f"({', '.join(REGISTRY)}), or an .npz file of features")
     data = load_task(TaskConfig(name=name, data_dir=args.data_dir))
-    if data.spec.kind == "classification":
-        labels = np.asarray(data.y_train)
-    else:
-        labels = pseudo_labels(data.y_train, PSEUDO_K, SEED)
-    idx = sample_indices(labels, args.max_samples or len(labels), seed=SEED)
+    labels, idx = _labels_and_sample(data, args.max_samples)
     x = task_features(data.x_train[idx], data.spec.input_shape, body,
                       args.seq_len)
     return x, torch.as_tensor(labels[idx]), (f"task '{name}' embedder at initialisation "
                                              f"(seed {SEED}), mean over tokens")
+
+
+def _finished_run(target: str):
+    """The `LoadedRun` when `target` is a run folder (`xmodal fit`'s), else None."""
+    from pathlib import Path
+    from .folder import RunFolder
+    path = Path(target).expanduser()
+    if not (path.is_dir() and (path / RunFolder.CONFIG).is_file()):
+        return None
+    from .predict import load_run
+    return load_run(path, "cpu")
+
+
+def _labels_and_sample(data, max_samples):
+    from ..stages.align import pseudo_labels
+    from ..data.proxies import sample_indices
+    if data.spec.kind == "classification":
+        labels = np.asarray(data.y_train)
+    else:
+        labels = pseudo_labels(data.y_train, PSEUDO_K, SEED)
+    return labels, sample_indices(labels, max_samples or len(labels), seed=SEED)
+
+
+@torch.no_grad()
+def _run_side(run, args):
+    """The run's own task (its config's task section) through the run's trained embedder (its
+    best.safetensors), mean over tokens, as alignment measures it."""
+    from ..data.registry import load_task
+    data = load_task(run.config.task)
+    labels, idx = _labels_and_sample(data, args.max_samples)
+    x = data.x_train[idx]
+    model = run.model.eval()
+    out = [model.embed(torch.from_numpy(np.ascontiguousarray(x[s: s + 256])).float())
+           for s in range(0, len(x), 256)]
+    return torch.cat(out), torch.as_tensor(labels[idx]), (
+        f"run {run.run_dir.name}: task '{data.spec.name}' through the run's trained embedder "
+        f"(best.safetensors), mean over tokens")
 
 
 @torch.no_grad()
