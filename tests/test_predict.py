@@ -241,3 +241,24 @@ def test_bad_predict_input_or_output_is_one_line(italypower, tmp_path, capsys, c
                             "--output", str(outp)], capsys)
     assert rc == 2 and out == "" and err.count("\n") == 1 and fragment in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("task", ["italypower", "darcy"])
+def test_torchscript_export_reproduces_the_runs_outputs_without_xmodal(tmp_path, capsys, task):
+    """The exported file, loaded with torch.jit.load alone, gives the outputs of
+    `LoadedRun.outputs` on raw inputs (normalisation and dense decoding included)."""
+    over = {"task.name": task}
+    if task == "darcy":
+        over.update({"task.options": {"n_train": 20, "n_test": 6, "resolution": 16}})
+    result = fit_tiny(tmp_path / "runs", **over)
+    out = tmp_path / "model.pt"
+    assert cli.main(["export", str(result.run_dir), "--torchscript", str(out)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    loaded = xmodal.load_run(result.run_dir)
+    shape = tuple(info["input_shape"])
+    x = np.random.default_rng(1).normal(size=(5, *shape)).astype(np.float32) * 3 + 1
+    extra = {"task.json": ""}
+    module = torch.jit.load(str(out), _extra_files=extra)
+    got = module(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(got, loaded.outputs(x), rtol=1e-4, atol=1e-5)
+    assert json.loads(extra["task.json"])["spec"]["name"] == task

@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     _predict_parser(sub)
     _distance_parser(sub)
     _study_parser(sub)
+    exp = _command(sub, "export", "a finished run as a standalone TorchScript file",
+                   "Write a finished run as one TorchScript file (torch.jit.load, no xmodal "
+                   "needed): raw inputs (N, *input shape) in, the run's outputs out (logits, "
+                   "or dense values in the targets' units); task.json rides along as an extra "
+                   "file.")
+    exp.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
+    exp.add_argument("--torchscript", required=True, metavar="FILE.pt", help="the file to write")
     rep = _command(sub, "report", "figures and report.md / report.html for a study or one run",
                    "Write DIR/report/: report.md, report.html and the figures. For a study "
                    "folder: one figure per research question, from the study store in DIR. For "
@@ -430,7 +437,14 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"tasks": cmd_tasks, "fit": cmd_fit, "baseline": cmd_baseline, "predict": cmd_predict,
+def cmd_export(args) -> int:
+    from .runs.export import export_torchscript
+    result = export_torchscript(args.run_dir, args.torchscript)
+    print(json.dumps(result))
+    return 0
+
+
+COMMANDS = {"export": cmd_export, "tasks": cmd_tasks, "fit": cmd_fit, "baseline": cmd_baseline, "predict": cmd_predict,
             "distance": cmd_distance, "study": cmd_study, "report": cmd_report}
 
 
