@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ...config.choices import EXPERIMENTS
 from ..stats import Family
-from .data import Part, Section, group, join, stat_of
+from .data import Part, Section, group, join, stat_of, test_header
 from .figures import curves_figure, fig_name
 
 
@@ -32,7 +32,8 @@ def section_custom(part: Part, out: Path) -> Section:
                          stat_of(groups[k], "test_metric_last").text(), vs])
         if best is not None:
             sentences.append(_sentence(task, best, groups, fam))
-    sec.blocks.append(("table", ["task", "setting", "seeds", "test (best val) mean ± 95% CI",
+    sec.blocks.append(("table", ["task", "setting", "seeds",
+                                 f"{test_header(part.done())} mean ± 95% CI",
                                  "test (last epoch)", "vs the lowest mean"], rows))
     sec.blocks.append(("ul", sentences or ["No finished runs yet."]))
     return sec

@@ -90,6 +90,18 @@ def load_parts(store: Store) -> list[Part]:
     return list(parts.values())
 
 
+def test_header(runs: list[RunView]) -> str:
+    """The column header of the test metric, naming the selection rule the runs used: the
+    best-validation epoch, the last epoch (runs without validation), or both."""
+    rules = {(r.final or {}).get("summary", {}).get("selection", "best-val") for r in runs
+             if r.final}
+    if rules == {"last"}:
+        return "test (last epoch)"
+    if len(rules) > 1:
+        return "test (best val; last epoch without validation)"
+    return "test (best val)"
+
+
 def metric_label(runs: list[RunView]) -> str:
     for r in runs:
         if r.final and r.final.get("metric_label"):

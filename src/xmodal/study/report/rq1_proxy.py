@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ...config.choices import EXPERIMENTS
 from ..stats import Family, Stat, p_text
-from .data import (Part, RunView, Section, group, join, metric_label,
+from .data import (Part, RunView, Section, group, join, metric_label, test_header,
                    paper_vs_ours, stat_of)
 from .figures import curves_figure, fig_name
 
@@ -58,7 +58,8 @@ def section_proxy(part: Part, out: Path) -> Section:
                              f"{detail}).")
         if len(proxies) >= 2:
             sentences.append(_proxies_sentence(task, proxies, fam))
-    sec.blocks.append(("table", ["task", "setting", "seeds", "test (best val) mean ± 95% CI",
+    sec.blocks.append(("table", ["task", "setting", "seeds",
+                                 f"{test_header(part.done())} mean ± 95% CI",
                                  "test (last epoch)", "final OTDD", "vs naive"], rows))
     sec.blocks.append(("ul", sentences or ["No finished runs to compare yet."]))
     sec.blocks.append(paper_vs_ours("proxy", _ours(part, fam)))

@@ -11,7 +11,7 @@ import numpy as np
 
 from ...config.choices import EXPERIMENTS
 from ..stats import VERDICT_TEXT, Family, Stat, num, p_text, spearman
-from .data import (Part, RunView, Section, group, join, metric_label,
+from .data import (Part, RunView, Section, group, join, metric_label, test_header,
                    paper_vs_ours, stat_of)
 from .baselines import reference_lines
 from .figures import band, collect_legend, fig_name, panel_grid, save, suptitle
@@ -63,7 +63,7 @@ def section_align_epochs(part: Part, out: Path) -> Section:
         sec.blocks.append(("img", path,
                            f"{part.name}: OTDD and downstream error per embedder epoch"))
     sec.blocks.append(("table", ["task", "embedder epoch", "OTDD", "seeds",
-                                 "test after fine-tuning (mean ± 95% CI)"], rows))
+                                 f"{test_header(part.done())} after fine-tuning (mean ± 95% CI)"], rows))
     sec.blocks.append(("ul", sentences or ["No finished aligned runs yet."]))
     sec.blocks.append(paper_vs_ours("align-epochs", _ours(fam, rhos)))
     return sec

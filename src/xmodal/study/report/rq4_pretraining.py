@@ -13,7 +13,7 @@ import numpy as np
 
 from ...config.choices import EXPERIMENTS
 from ..stats import Family, num, p_text, spearman
-from .data import (Part, RunView, Section, group, join, metric_label,
+from .data import (Part, RunView, Section, group, join, metric_label, test_header,
                    paper_vs_ours, stat_of)
 from .baselines import reference_lines
 from .figures import collect_legend, fig_name, panel_grid, save, suptitle
@@ -65,7 +65,7 @@ def section_pretraining(part: Part, out: Path) -> Section:
         path = save(fig, out / fig_name("rq4", part), collect_legend(axes), ncol=3)
         sec.blocks.append(("img", path, f"{part.name}: final error vs pre-training amount"))
     sec.blocks.append(("table", ["task", "body", "pre-training tokens", "seeds",
-                                 "test (best val) mean ± 95% CI"], rows))
+                                 f"{test_header(part.done())} mean ± 95% CI"], rows))
     sec.blocks.append(("ul", sentences or ["Needs both a pre-trained and a randomly initialised "
                                            "body to compare."]))
     sec.blocks.append(paper_vs_ours("pretraining", _ours(fam)))
@@ -111,7 +111,7 @@ def _bodies_panel(ax, view: _TaskView) -> None:
         st = stat_of(view.groups[k])
         color = "black" if k in view.rnd else "#1f77b4"
         ax.errorbar([i], [st.mean], yerr=[st.std or 0.0], fmt="o", color=color, capsize=5,
-                    ms=8, label="random init" if k in view.rnd else "pre-trained body")
+                    ms=8, label=k)   # the table's name for the setting
         for r in view.groups[k]:
             ax.plot([i + 0.12], [r.test], ".", color=color, alpha=0.5)
     ax.set_xticks(np.arange(len(keys)), [k.replace(" (", "\n(") for k in keys])
@@ -124,7 +124,7 @@ def _rows(task: str, view: _TaskView) -> list:
     for k in list(view.rnd) + sorted(view.pre, key=lambda k: (view.tokens.get(k) or 0)):
         st = stat_of(view.groups[k])
         tk = "0 (random init)" if k in view.rnd else \
-            (num(view.tokens[k], 2) if view.tokens.get(k) else "unknown")
+            (num(view.tokens[k], 2) if view.tokens.get(k) else "not given (spec tag `tokens`)")
         rows.append([task, k, tk, str(st.n), st.text()])
     return rows
 
