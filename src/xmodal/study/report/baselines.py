@@ -92,13 +92,22 @@ def section_baselines(parts: list[Part], refs: dict, margins: Optional[dict] = N
     return sec
 
 
+def _setting_name(part: str, run: RunView) -> str:
+    """A setting named by what it sets: its variant and axis values, e.g.
+    "align.from_epoch=2 (part 'align-epochs')"; a plain label when it has neither."""
+    labels = run.labels
+    bits = ([str(labels["variant"])] if labels.get("variant") else []) + \
+        [f"{k}={v}" for k, v in (labels.get("axes") or {}).items()]
+    return f"{', '.join(bits) or run.label} (part '{part}')"
+
+
 def _best_setting(parts: list[Part], task: str) -> Optional[tuple[str, list[RunView]]]:
     groups: dict = {}
     for part in parts:
         if part.experiment == "baselines":
             continue
         for label, runs in group(part.done(task), lambda r: r.label).items():
-            groups[f"{part.name}: {label}"] = runs
+            groups[_setting_name(part.name, runs[0])] = runs
     if not groups:
         return None
     name = min(groups, key=lambda k: stat_of(groups[k]).mean)
