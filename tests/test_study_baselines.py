@@ -54,6 +54,6 @@ def test_report_reads_every_section_against_the_baselines(tmp_path):
     ours = np.mean(by_method["none"])
     best = min(np.mean(v) for k, v in by_method.items() if k != "none")
     how = "beats" if ours < best else "loses to"
-    assert f"italypower: the best fine-tuned setting (ft: all" in text
+    assert f"italypower: the best fine-tuned setting (all (part 'ft')" in text
     assert how in text or "is neither shown different from nor equivalent to" in text
     assert "custom-custom-ft.png" in text
