@@ -244,21 +244,32 @@ def test_bad_predict_input_or_output_is_one_line(italypower, tmp_path, capsys, c
 
 
 @pytest.mark.parametrize("task", ["italypower", "darcy"])
-def test_torchscript_export_reproduces_the_runs_outputs_without_xmodal(tmp_path, capsys, task):
-    """The exported file, loaded with torch.jit.load alone, gives the outputs of
-    `LoadedRun.outputs` on raw inputs (normalisation and dense decoding included)."""
+def test_export_folder_reproduces_predict_in_a_fresh_process_without_xmodal(tmp_path, capsys,
+                                                                           task):
+    """`xmodal export RUN_DIR --out FOLDER`, loaded in a new Python process that only imports
+    torch (xmodal is blocked from importing there), gives the outputs of `LoadedRun.outputs`
+    on raw inputs (normalisation and dense decoding included)."""
+    import subprocess
+    import sys
     over = {"task.name": task}
     if task == "darcy":
         over.update({"task.options": {"n_train": 20, "n_test": 6, "resolution": 16}})
     result = fit_tiny(tmp_path / "runs", **over)
-    out = tmp_path / "model.pt"
-    assert cli.main(["export", str(result.run_dir), "--torchscript", str(out)]) == 0
+    out = tmp_path / "exported"
+    assert cli.main(["export", str(result.run_dir), "--out", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
-    loaded = xmodal.load_run(result.run_dir)
-    shape = tuple(info["input_shape"])
-    x = np.random.default_rng(1).normal(size=(5, *shape)).astype(np.float32) * 3 + 1
-    extra = {"task.json": ""}
-    module = torch.jit.load(str(out), _extra_files=extra)
-    got = module(torch.from_numpy(x)).detach().numpy()
-    np.testing.assert_allclose(got, loaded.outputs(x), rtol=1e-4, atol=1e-5)
-    assert json.loads(extra["task.json"])["spec"]["name"] == task
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "model.pt", "task.json"]
+    x = np.random.default_rng(1).normal(size=(5, *info["input_shape"])).astype(np.float32) * 3 + 1
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys; sys.modules['xmodal'] = None\n"   # any import of xmodal would fail
+            "import numpy as np, torch\n"
+            f"m = torch.jit.load({str(out / 'model.pt')!r})\n"
+            f"x = torch.from_numpy(np.load({str(tmp_path / 'x.npy')!r}))\n"
+            f"np.save({str(tmp_path / 'y.npy')!r}, m(x).detach().numpy())\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = np.load(tmp_path / "y.npy")
+    np.testing.assert_allclose(got, xmodal.load_run(result.run_dir).outputs(x), rtol=1e-4,
+                               atol=1e-5)
+    assert json.loads((out / "task.json").read_text())["spec"]["name"] == task

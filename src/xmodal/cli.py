@@ -93,13 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     _predict_parser(sub)
     _distance_parser(sub)
     _study_parser(sub)
-    exp = _command(sub, "export", "a finished run as a standalone TorchScript file",
-                   "Write a finished run as one TorchScript file (torch.jit.load, no xmodal "
-                   "needed): raw inputs (N, *input shape) in, the run's outputs out (logits, "
-                   "or dense values in the targets' units); task.json rides along as an extra "
-                   "file.")
+    exp = _command(sub, "export", "a finished run as a folder that loads without xmodal",
+                   "Write FOLDER/model.pt (TorchScript: torch.jit.load, PyTorch only; raw "
+                   "inputs (N, *input shape) in, the run's outputs out: logits, or dense "
+                   "values in the targets' units), FOLDER/task.json and FOLDER/README.md.")
     exp.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
-    exp.add_argument("--torchscript", required=True, metavar="FILE.pt", help="the file to write")
+    exp.add_argument("--out", required=True, metavar="FOLDER", help="the folder to write")
+    exp.add_argument("--format", default="torchscript", choices=["torchscript"],
+                     help="the model file's format (default torchscript)")
     rep = _command(sub, "report", "figures and report.md / report.html for a study or one run",
                    "Write DIR/report/: report.md, report.html and the figures. For a study "
                    "folder: one figure per research question, from the study store in DIR. For "
@@ -438,8 +439,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .runs.export import export_torchscript
-    result = export_torchscript(args.run_dir, args.torchscript)
+    from .runs.predict import load_run
+    result = load_run(args.run_dir, "cpu").export(args.out, args.format)
     print(json.dumps(result))
     return 0
 

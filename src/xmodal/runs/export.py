@@ -1,5 +1,7 @@
-"""`xmodal export RUN_DIR --torchscript FILE.pt`: a finished run as one TorchScript file that
-needs only PyTorch to load (`torch.jit.load`), not xmodal.
+"""`xmodal export RUN_DIR --out FOLDER` / `LoadedRun.export(folder)`: a finished run as a
+self-contained folder that needs only PyTorch to load, not xmodal: `model.pt` (TorchScript,
+`torch.jit.load`), `task.json` (task spec, label names, normalisation) and `README.md` (how to
+load it).
 
 The exported module takes raw inputs shaped as the task's (N, *input shape), channels first,
 float32, applies the input normalisation the run fitted on its training split, runs embedder,
@@ -48,28 +50,56 @@ class Standalone(nn.Module):
         return out
 
 
-def export_torchscript(run_dir, path) -> dict:
-    """Trace the finished run in `run_dir` and write it to `path` (atomically)."""
-    from .predict import load_run
-    path = Path(path)
-    if path.suffix != ".pt":
-        raise UserError(f"--torchscript {path} must end in .pt")
-    run = load_run(run_dir, "cpu")
+FORMATS = ("torchscript",)
+README = """# {name}: exported by xmodal
+
+`model.pt` is TorchScript: it needs PyTorch only.
+
+```python
+import torch
+model = torch.jit.load("model.pt")
+out = model(x)   # x: float32 tensor (N, {shape}), raw (not normalised), channels first
+```
+
+`out` holds {what}. `task.json` holds the task spec and the label names{labels}.
+"""
+
+
+def trace(run) -> torch.jit.ScriptModule:
+    """The finished `LoadedRun` as a traced `Standalone` module (CPU, fp32)."""
     rec = run.record
-    module = Standalone(run.model.float().eval(), rec.x_mean, rec.x_std, rec.y_mean,
+    module = Standalone(run.model.float().cpu().eval(), rec.x_mean, rec.x_std, rec.y_mean,
                         rec.y_std).eval()
     example = torch.zeros(2, *run.spec.input_shape)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             # the tracer warns about Python-side shape checks; the shapes are fixed here
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            traced = torch.jit.trace(module, example, strict=False, check_trace=False)
+            return torch.jit.trace(module, example, strict=False, check_trace=False)
     except Exception as exc:   # an architecture the tracer cannot follow
         raise UserError(f"run {run.run_dir.name} cannot be traced to TorchScript "
                         f"({one_line(exc)})") from None
-    task = (Path(run_dir) / "task.json").read_text()
-    write_user_file(path, "--torchscript",
-                    lambda tmp: torch.jit.save(traced, tmp, _extra_files={"task.json": task}))
-    return {"output": str(path), "task": run.spec.name,
-            "input_shape": list(run.spec.input_shape), "kind": run.spec.kind,
-            "label_names": json.loads(task).get("label_names")}
+
+
+def export_run(run, folder, format: str = "torchscript") -> dict:
+    """Write the export folder of the finished `LoadedRun` `run` (files replaced atomically)."""
+    if format not in FORMATS:
+        raise UserError(f"export format must be one of {', '.join(FORMATS)}; got {format!r}")
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {folder} exists and is not a folder")
+    traced = trace(run)
+    task = (Path(run.run_dir) / "task.json").read_text()
+    write_user_file(folder / "model.pt", "--out", lambda tmp: torch.jit.save(traced, tmp))
+    write_user_file(folder / "task.json", "--out", lambda tmp: Path(tmp).write_text(task))
+    spec = run.spec
+    what = ("values in the targets' units" if spec.kind == "dense" else
+            "logits (argmax: the class id)" if spec.kind == "classification" else
+            "one logit per label (>= 0: positive)")
+    names = run.label_names
+    text = README.format(name=run.run_dir.name, shape=", ".join(map(str, spec.input_shape)),
+                         what=what, labels=f" ({', '.join(map(str, names))})" if names else "")
+    write_user_file(folder / "README.md", "--out", lambda tmp: Path(tmp).write_text(text))
+    return {"output": str(folder), "files": ["model.pt", "task.json", "README.md"],
+            "task": spec.name, "input_shape": list(spec.input_shape), "kind": spec.kind,
+            "label_names": names}

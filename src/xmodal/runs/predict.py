@@ -190,6 +190,12 @@ class LoadedRun:
             out = out * self.record.y_std + self.record.y_mean
         return out
 
+    def export(self, folder, format: str = "torchscript") -> dict:
+        """Write a folder that loads without xmodal (`runs/export.py`): model.pt
+        (TorchScript: raw inputs in, `outputs` out), task.json, README.md."""
+        from .export import export_run
+        return export_run(self, folder, format)
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Class ids (classification), 0/1 per label (multi-label) or values (dense)."""
         return self._pred(self.outputs(x))
