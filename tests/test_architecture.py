@@ -13,7 +13,7 @@ from xmodal.config.identity import alignment_key
 SRC = Path(__file__).resolve().parents[1] / "src" / "xmodal"
 # Lower layers first; a module may import its own layer and the ones before it.
 LAYERS = [("errors", "io"), ("config",), ("data",), ("model", "ot"), ("stages",), ("runs",),
-          ("study",), ("cli", "__init__")]
+          ("study",), ("cli", "__init__", "__main__")]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 
