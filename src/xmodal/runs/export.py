@@ -12,7 +12,6 @@ run's `best.safetensors`; the file's `extra_files` hold task.json (task spec, la
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 

@@ -188,6 +188,12 @@ class RunFolder:
             return []
         return self.read(self.metrics, _json_lines)
 
+    def read_align_trace(self) -> list[dict]:
+        """The alignment objective per embedder epoch (`align.jsonl`); [] when it did not run."""
+        if not self.align_trace.is_file():
+            return []
+        return self.read(self.align_trace, _json_lines)
+
     def read(self, path: Path, parse: Callable[[str], Any]) -> Any:
         """`parse(text of path)`; a damaged file is one `UserError` naming it and `--force`."""
         try:

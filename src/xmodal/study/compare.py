@@ -15,6 +15,8 @@ from typing import Optional
 
 from ..errors import UserError
 from .report.data import load_parts, stat_of
+from .report.decisions import margin_of
+from .report.render import spec_margins
 from .store import Store
 from .verdicts import DecisionFamily
 
@@ -23,20 +25,15 @@ HEADERS = ["part", "setting", "task", "n", "mean A", "mean B", "diff (A - B)", "
 
 
 def _settings(folder: Path) -> tuple[dict, dict]:
-    """({(part, label, task): [done RunView]}, {task: margin}) of one study folder."""
+    """({(part, label, task): [done RunView]}, {task: {margin, reason}}) of one study folder."""
     with Store(folder) as store:
         parts = load_parts(store)
-        specs = [s.get("spec") or {} for s in store.studies()]
+        margins = spec_margins(store.studies())
     out: dict = {}
     for part in parts:
         for run in part.done():
-            if run.test is None:
-                continue
-            out.setdefault((part.name, run.label, run.task), []).append(run)
-    margins = {}
-    for spec in specs:
-        for task, m in (spec.get("margins") or {}).items():
-            margins[task] = m["margin"] if isinstance(m, dict) else m
+            if run.test is not None:
+                out.setdefault((part.name, run.label, run.task), []).append(run)
     return out, margins
 
 
@@ -50,10 +47,9 @@ def compare(a: str | Path, b: str | Path) -> list[dict]:
                         f"compare two runs of the same spec")
     family = DecisionFamily()
     for key in shared:
-        task = key[2]
-        margin = ma.get(task, mb.get(task))
+        margin = margin_of(ma, key[2])
         family.add(key, stat_of(sa[key]), stat_of(sb[key]),
-                   margin)
+                   margin if margin is not None else margin_of(mb, key[2]))
     family.adjust()
     rows = []
     for key in shared:

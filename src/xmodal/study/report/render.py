@@ -46,7 +46,7 @@ def build_sections(folder: Path, out: Path) -> tuple[list[Section], dict]:
                         f"(see `xmodal study status {folder}`)")
     order = {name: i for i, name in enumerate(EXPERIMENTS)}   # the questions in turn
     refs = baseline_refs(parts)
-    margins = _margins(studies)
+    margins = spec_margins(studies)
     task_margins = {t: decisions.margin_of(margins, t) for t in margins}
     sections = []
     for part in sorted(parts, key=lambda p: order.get(p.experiment, 9)):
@@ -79,7 +79,7 @@ def decide(folder: str | Path) -> list[dict]:
         parts = load_parts(store)
         studies = store.studies()
     refs = baseline_refs(parts)
-    return decisions.build(parts, refs, _margins(studies), _modality)[1]
+    return decisions.build(parts, refs, spec_margins(studies), _modality)[1]
 
 
 def write_report(folder: str | Path) -> Path:
@@ -113,7 +113,7 @@ def _sequential_note(studies: list[dict], comparisons: list[dict]) -> list:
     return []
 
 
-def _margins(studies: list[dict]) -> dict:
+def spec_margins(studies: list[dict]) -> dict:
     """{task: {margin, reason}}: the equivalence margins the study specs fixed before the runs."""
     out: dict = {}
     for s in studies:

@@ -43,9 +43,7 @@ def _curves(history: list[dict], trace: list[dict], metric: str, out: Path) -> P
 def run_sections(folder: RunFolder, out: Path) -> list[Section]:
     summary = folder.read_summary()
     history = folder.read_history()
-    trace_path = folder.file(RunFolder.ALIGN_TRACE)
-    trace = [json.loads(line) for line in trace_path.read_text().splitlines() if line.strip()] \
-        if trace_path.is_file() else []
+    trace = folder.read_align_trace()
     doc = folder.read_config()
     s = summary.to_dict()
     kept = "best validation" if s.get("selection") == "best-val" else "last"

@@ -1,21 +1,12 @@
-"""Command-line interface: `xmodal tasks | fit | predict | distance | study ... | report`.
-
-Every user mistake surfaces as one line `xmodal: error: ...` and exit code 2; a run that
-fails (e.g. NaN loss) exits 1.
-"""
+"""The `xmodal` argument parser: the fit flags and their config keys, one sub-parser per
+command, and the argv clean-up (`--lr -1e-3`) before argparse sees it."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
 import re
-import sys
-from typing import Optional
 
-from .config.choices import FINETUNE_MODES, NO_PROXY, NPZ_PREFIX, OBJECTIVES, PROXIES, help_text
-from .errors import Stopped, UserError
+from ..config.choices import FINETUNE_MODES, NO_PROXY, NPZ_PREFIX, OBJECTIVES, PROXIES, help_text
 
 FIT_FLAGS = [  # (flag, config key, type, help)
     ("--task", "task.name", str, "task name (see `xmodal tasks`) or npz:PATH"),
@@ -65,7 +56,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _config_default(key: str):
-    from .config import Config, flatten
+    from ..config import Config, flatten
     return flatten(Config().to_dict()).get(key)
 
 
@@ -79,7 +70,7 @@ def _shown(value, key: str = "") -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
     parser = _Parser(prog="xmodal", description="Cross-modal fine-tuning (ORCA) "
                      "and the ablation study of arXiv 2403.13537")
     parser.add_argument("--version", action="version", version=f"xmodal {__version__}")
@@ -271,184 +262,6 @@ def overrides_from_args(args) -> list[str]:
     return items + list(args.set)
 
 
-def cmd_tasks(args) -> int:
-    from .data.registry import list_specs
-    specs = list_specs()
-    if args.json:
-        print(json.dumps([{**s.__dict__, "loss": s.loss} for s in specs], indent=2))
-        return 0
-    rows = [("task", "input", "output", "loss", "metric", "source")]
-    for s in specs:
-        out = f"{s.kind} ({s.n_out})" if s.kind != "dense" else f"dense {s.output_shape}"
-        rows.append((s.name, str(s.input_shape), out, s.loss, s.metric, s.source))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    print("\nYour own data: --task npz:PATH (x_train, y_train, x_test, y_test [, x_val, y_val]).")
-    return 0
-
-
-@contextlib.contextmanager
-def _stop_on_sigterm():
-    """SIGTERM during `fit`: finish the epoch, write the resume snapshot, exit 143. A second
-    SIGTERM stops at once (the snapshot of an earlier epoch, if any, stays)."""
-    import signal
-    import threading
-    stop = threading.Event()
-
-    def handler(signum, frame):
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        print("xmodal: SIGTERM: stopping after this epoch with a resume snapshot (send it again "
-              "to stop now)", file=sys.stderr, flush=True)
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:        # not the main thread (e.g. called from a notebook's worker)
-        yield None
-        return
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def cmd_fit(args) -> int:
-    from .config import load_config
-    from .runs.fit import fit
-    cfg = load_config(args.config, overrides_from_args(args))
-    if args.dry_run:
-        return _dry_run(cfg)
-    log = _quiet_log if args.quiet else _log_line
-    with _stop_on_sigterm() as stop:
-        result = fit(cfg, progress=not args.quiet, force=args.force, log=log, stop=stop)
-    if result.reused:
-        log(f"run {result.run_dir} is already complete (use --force to retrain)")
-    print(json.dumps({"run_dir": str(result.run_dir), "status": result.status,
-                      "metric": result.summary.get("metric"),
-                      "test_metric": result.summary.get("test_metric_best"),
-                      "error": result.summary.get("error")}))
-    return 0 if result.status == "done" else 1
-
-
-def cmd_baseline(args) -> int:
-    from .runs.baselines import check_method, default_methods
-    from .config import load_config
-    from .runs.fit import fit
-    from .data.registry import load_task
-    items = overrides_from_args(args)
-    cfg = load_config(args.config, items)
-    data = load_task(cfg.task)
-    methods = args.method or default_methods(data.spec)
-    for method in methods:
-        check_method(method, data.spec)
-    failed = 0
-    for method in methods:
-        mcfg = load_config(args.config, items + [f"baseline.method={method}"])
-        result = fit(mcfg, progress=not args.quiet, force=args.force, data=data,
-                     log=(lambda _m: None) if args.quiet else _log_line)
-        failed += result.status != "done"
-        print(json.dumps({"run_dir": str(result.run_dir), "status": result.status,
-                          "method": method, "metric": result.summary.get("metric"),
-                          "test_metric": result.summary.get("test_metric_best"),
-                          "error": result.summary.get("error")}), flush=True)
-    return 1 if failed else 0
-
-
-def _log_line(message: str) -> None:
-    """One status line on stderr that does not tear an active progress bar."""
-    from tqdm.auto import tqdm
-    tqdm.write(message, file=sys.stderr)
-
-
-def _quiet_log(message: str) -> None:  # noqa: ARG001 - --quiet: no log lines
-    return None
-
-
-def _dry_run(cfg) -> int:
-    """Every pre-training check first (errors print alone), then the config and model summary."""
-    from .config import to_yaml
-    from .runs.fit import check_output_dir, preflight
-    from .config.identity import run_id
-    from .model.finetune import apply_finetune_mode, trainable_summary
-    check_output_dir(cfg)
-    checked = preflight(cfg)
-    spec = checked.data.spec
-    if checked.model is None:   # a domain baseline: no network to summarise
-        print(to_yaml(cfg))
-        print(f"# task {spec.name}: baseline {cfg.baseline.method}, sizes {checked.data.sizes()}")
-        print(f"# run folder: {check_output_dir(cfg)} (run id {run_id(cfg)})")
-        return 0
-    model = apply_finetune_mode(checked.model, cfg.train.finetune, cfg.train.lora_rank)
-    params = trainable_summary(model)
-    print(to_yaml(cfg))
-    print(f"# task {spec.name}: input {spec.input_shape}, {spec.kind}, metric {spec.metric}, "
-          f"sizes {checked.data.sizes()}; device {checked.device}")
-    print(f"# embedder: {model.embedder.n_tokens} tokens, grid {model.embedder.grid}; "
-          f"init from body: {', '.join(checked.notes) or 'no'}")
-    print("# parameters: " + ", ".join(f"{k} {v:,}" for k, v in params.items()))
-    from .stages.optim import resolve_budget
-    from .stages.device import resolve_precision
-    b = resolve_budget(cfg.train, len(checked.data.x_train))
-    print(f"# budget: batch {b.batch_size}, {b.epochs} epochs x {b.steps_per_epoch} steps = "
-          f"{b.steps} optimizer steps ({b.rule}); precision "
-          f"{resolve_precision(checked.device, cfg.run.precision)}")
-    print(f"# run folder: {check_output_dir(cfg)} (run id {run_id(cfg)})")
-    return 0
-
-
-def cmd_predict(args) -> int:
-    from .runs.predict import predict_command
-    result = predict_command(args.run_dir, args.input, args.output, labels=args.labels,
-                             device=args.device, progress=not args.quiet)
-    if "value" in result:
-        print(f"{result['metric']}: {result['value']!r}")
-    if not args.quiet:
-        print(f"wrote {result['output']}: {result['n']} predictions for task {result['task']}",
-              file=sys.stderr)
-    return 0
-
-
-def cmd_distance(args) -> int:
-    from .runs.distance import distance_command
-    from .ot.sinkhorn import sinkhorn_notes
-    with sinkhorn_notes(_log_line, "raise --max-iter or --eps"):
-        result = distance_command(args)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key}: {value}")
-    return 0
-
-
-def cmd_study(args) -> int:
-    from . import study
-    return study.cli(args)
-
-
-def cmd_report(args) -> int:
-    from pathlib import Path
-
-    from .study.report import is_run_folder, write_report, write_run_report
-    folder = Path(args.dir)
-    one_run = is_run_folder(folder) and not (folder / "study.db").exists()
-    path = write_run_report(folder) if one_run else write_report(folder)
-    print(f"report written to {path}")
-    return 0
-
-
-def cmd_export(args) -> int:
-    from .runs.predict import load_run
-    result = load_run(args.run_dir, "cpu").export(args.out, args.format)
-    print(json.dumps(result))
-    return 0
-
-
-COMMANDS = {"export": cmd_export, "tasks": cmd_tasks, "fit": cmd_fit, "baseline": cmd_baseline, "predict": cmd_predict,
-            "distance": cmd_distance, "study": cmd_study, "report": cmd_report}
-
-
 NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 
@@ -462,42 +275,3 @@ def join_negative_values(argv: list) -> list:
         else:
             out.append(tok)
     return out
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU spinning threads
-    # slowed OTDD and AdamW steps several-fold (docs/benchmarks.md). Set it yourself to override.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    args = build_parser().parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
-    try:
-        code = COMMANDS[args.command](args)
-        sys.stdout.flush()   # inside the try: a closed pipe is caught below, not at exit
-        return code
-    except UserError as exc:
-        print(f"xmodal: error: {exc}", file=sys.stderr)
-        return 2
-    except Stopped as exc:
-        print(f"xmodal: {exc}", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print("xmodal: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:   # `xmodal tasks --json | head`: the reader left; stop quietly
-        _silence_stdout()
-        return 141
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
-    finally:
-        os.close(devnull)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
