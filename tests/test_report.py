@@ -503,3 +503,30 @@ def test_export_of_per_epoch_metrics_and_alignment_traces(tmp_path, capsys):
         rc = cli.main(["study", "export", str(tmp_path / "s"), "--epochs",
                        str(tmp_path / "e.parquet")])
         assert rc == 2 and "needs pyarrow" in capsys.readouterr().err
+
+
+def test_legend_rows_are_filled_evenly():
+    from xmodal.study.report.figures import legend_columns
+    assert [legend_columns(n, 4) for n in (1, 4, 5, 6, 7, 9)] == [1, 4, 3, 3, 4, 3]
+    assert legend_columns(6, 6) == 6
+
+
+def test_task_without_per_epoch_metrics_shows_each_settings_final_test(tmp_path):
+    """No validation split (e.g. UCR tasks): the panel is not left empty, it plots each
+    setting's final test metric, mean and std over seeds, named on the x axis."""
+    from xmodal.study.report.data import RunView
+    from xmodal.study.report.figures import _finals_panel, pyplot
+    runs = {name: [RunView(f"{name}{s}", "osuleaf", s, {}, {"label": name}, "done",
+                           {"test_metric_best": v}, [{"epoch": 1, "train_loss": 1.0}], [])
+                   for s, v in enumerate(vals)]
+            for name, vals in (("naive", [0.30, 0.34, 0.32]), ("text", [0.20, 0.22, 0.27]))}
+    fig, ax = pyplot().subplots()
+    _finals_panel(ax, runs, ["naive", "text"], {}, ["naive", "text"])
+    bars = ax.containers
+    assert [c.get_label() for c in bars] == ["naive", "text"]
+    for c, vals in zip(bars, ([0.30, 0.34, 0.32], [0.20, 0.22, 0.27])):
+        (_x, y), = c.lines[0].get_xydata()
+        assert y == pytest.approx(np.mean(vals))
+        seg = c.lines[2][0].get_segments()[0]
+        assert seg[1][1] - seg[0][1] == pytest.approx(2 * np.std(vals, ddof=1))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["naive", "text"]

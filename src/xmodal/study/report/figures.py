@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from .baselines import reference_lines
-from .data import Part, curve, curve_field, group, metric_label
+from .data import Part, curve, curve_field, group, metric_label, stat_of
 
 
 def band(ax, xs, mean, std, color) -> None:
@@ -51,18 +51,29 @@ def suptitle(fig, text: str) -> None:
     fig.suptitle("\n".join(lines))
 
 
-def save(fig, path: Path, legend_items: Optional[tuple] = None, ncol: int = 4) -> Path:
-    if legend_items and legend_items[1]:   # no curves at all (no per-epoch records): no legend
+def save(fig, path: Path, legend_items: Optional[tuple] = None,
+         ncol: Optional[int] = None) -> Path:
+    """Lay out and write the figure, with the legend below the panels (at most `ncol` entries
+    per row; by default as many as the figure's width holds)."""
+    if legend_items and legend_items[1]:   # nothing labelled: no legend
         handles, labels = legend_items
-        fig.legend(handles, labels, loc="lower center", ncol=min(ncol, len(labels)),
+        cols = legend_columns(len(labels), ncol or max(2, int(fig.get_figwidth() / 2.4)))
+        fig.legend(handles, labels, loc="lower center", ncol=cols,
                    frameon=False, bbox_to_anchor=(0.5, 0.0))
-        fig.tight_layout(rect=(0, 0.05 + 0.035 * math.ceil(len(labels) / ncol), 1, 1))
+        fig.tight_layout(rect=(0, 0.05 + 0.035 * math.ceil(len(labels) / cols), 1, 1))
     else:
         fig.tight_layout()
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt
     plt.close(fig)
     return path
+
+
+def legend_columns(n: int, most: int) -> int:
+    """Columns for n legend entries, at most `most` per row, rows filled evenly (5 entries at
+    4 per row give 3 + 2, not 4 + 1)."""
+    rows = math.ceil(n / max(1, most))
+    return max(1, math.ceil(n / rows))
 
 
 def collect_legend(axes) -> tuple:
@@ -78,40 +89,81 @@ def collect_legend(axes) -> tuple:
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
           "#7f7f7f", "#bcbd22", "#17becf"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+
+
 def curves_figure(part: Part, path: Path, key, order: list, title: str,
                    styles=None) -> Optional[Path]:
+    """One panel per task: the per-epoch curve of each setting (mean +- 1 std over seeds); a
+    task whose runs recorded no per-epoch validation or test metric (no validation split: the
+    test split is scored on the last epoch only) gets its final test metric per setting."""
     tasks = [t for t in part.tasks() if part.done(t)]
     if not tasks:
         return None
     fig, axes = panel_grid(len(tasks))
     seeds = max(len({r.seed for r in part.done(t)}) for t in tasks)
-    fields = set()
+    styles, fields = styles or {}, set()
     for ax, task in zip(axes, tasks):
-        groups = group(part.done(task), key)
-        fld = curve_field(part.done(task))
-        fields.add(fld)
-        for i, name in enumerate([k for k in order if k in groups]):
-            xs, mean, std = curve(groups[name], fld)
-            if not len(xs):
-                continue
-            style = (styles or {}).get(name, {})
-            color = style.get("color", COLORS[order.index(name) % len(COLORS)])
-            ls = style.get("ls", "-")
-            marker = style.get("marker", MARKERS[order.index(name) % len(MARKERS)])
-            ax.plot(xs, mean, ls, color=color, marker=marker, ms=4.5, lw=1.8, label=str(name))
-            if len(groups[name]) > 1:
-                band(ax, xs, mean, std, color)
-        metric = metric_label(part.done(task))
-        which = "test" if fld == "test_metric" else "validation"
+        runs = part.done(task)
+        groups = group(runs, key)
+        names = [k for k in order if k in groups]
+        fld = curve_field(runs)
+        drawn = _curves_panel(ax, groups, names, fld, styles, order)
+        if drawn:
+            fields.add(fld)
+        else:
+            _finals_panel(ax, groups, names, styles, order)
         ax.set_title(task)
-        ax.set_xlabel("fine-tuning epoch")
-        ax.set_ylabel(f"{which} {metric}\n(lower is better)")
+        ax.set_ylabel(f"{_which(fld) if drawn else 'test'} {metric_label(runs)}\n"
+                      "(lower is better)")
         ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    which = "test" if fields == {"test_metric"} else "validation"
-    suptitle(fig, f"{title}\n{which} metric per epoch, mean ± 1 std over {seeds} seed(s)")
+    what = ("final test metric (no per-epoch records)" if not fields else
+            f"{'test' if fields == {'test_metric'} else 'validation'} metric per epoch")
+    suptitle(fig, f"{title}\n{what}, mean ± 1 std over {seeds} seed(s)")
     reference_lines(axes, part.refs)
     return save(fig, path, collect_legend(axes))
+
+
+def _which(fld: str) -> str:
+    return "test" if fld == "test_metric" else "validation"
+
+
+def _style(name, styles: dict, order: list) -> tuple:
+    style = styles.get(name, {})
+    i = order.index(name)
+    return (style.get("color", COLORS[i % len(COLORS)]), style.get("ls", "-"),
+            style.get("marker", MARKERS[i % len(MARKERS)]))
+
+
+def _curves_panel(ax, groups: dict, names: list, fld: str, styles: dict, order: list) -> bool:
+    """Each setting's per-epoch curve; False when no setting has a curve to draw."""
+    drawn = False
+    for name in names:
+        xs, mean, std = curve(groups[name], fld)
+        if not len(xs):
+            continue
+        color, ls, marker = _style(name, styles, order)
+        ax.plot(xs, mean, ls, color=color, marker=marker, ms=4.5, lw=1.8, label=str(name))
+        if len(groups[name]) > 1:
+            band(ax, xs, mean, std, color)
+        drawn = True
+    if drawn:
+        ax.set_xlabel("fine-tuning epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return drawn
+
+
+def _finals_panel(ax, groups: dict, names: list, styles: dict, order: list) -> None:
+    """Each setting's final test metric (mean +- 1 std), for runs without per-epoch curves."""
+    for i, name in enumerate(names):
+        st = stat_of(groups[name])
+        if not st.n:
+            continue
+        color, _, marker = _style(name, styles, order)
+        ax.errorbar([i], [st.mean], yerr=[st.std or 0.0], fmt=marker, color=color, ms=6,
+                    capsize=4, lw=1.8, label=str(name))
+    ax.set_xticks(range(len(names)), [str(n) for n in names], rotation=20, ha="right")
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_xlabel("setting (no per-epoch records: test metric of the kept epoch)")
 
 
 def slug(text: str) -> str:

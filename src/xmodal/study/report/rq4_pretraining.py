@@ -91,7 +91,7 @@ def _tokens_panel(ax, view: _TaskView) -> None:
     ms = [stat_of(view.pre[k]).mean for k in keys]
     ss = [stat_of(view.pre[k]).std or 0.0 for k in keys]
     ax.errorbar(xs, ms, yerr=ss, fmt="o-", color="#1f77b4", capsize=4, lw=1.8,
-                label="pre-trained body")
+                label="pre-trained (points named by setting)")
     for k, x, m in zip(keys, xs, ms):
         ax.annotate(k, (x, m), textcoords="offset points", xytext=(4, 6), fontsize=8)
     ax.set_xscale("log")
