@@ -71,7 +71,7 @@ def test_ray_local_study_runs_once_resumes_and_stores_failures(ray, tmp_path, ca
     assert main(cmd) == 1                         # one run failed
     err = capsys.readouterr().err
     in_flight = min(study.available_cores(), 4)      # --ray local: this machine's cores
-    assert "a local Ray instance: 1 node(s)" in err and f"{in_flight} run(s) at a time" in err
+    assert "a local Ray instance (loopback only): 1 node(s)" in err and f"{in_flight} run(s) at a time" in err
     assert not ray.is_initialized()               # the local instance was shut down
     with Store(out) as store:
         runs = {r["id"]: r for r in store.runs()}
@@ -164,3 +164,25 @@ def test_a_node_without_the_study_folder_fails_the_run(tmp_path, monkeypatch):
     assert "does not see the study folder" in result["error"]
     assert "same path on every node" in result["error"]
     assert not (tmp_path / "logs").exists()
+
+
+def test_ray_local_listens_on_loopback_only_by_default(tmp_path):
+    """A user's `--ray local` (no Ray variables set, Ray not imported yet) starts an instance
+    whose services bind 127.0.0.1, not every interface; describe() says so."""
+    pytest.importorskip("ray")
+    import subprocess
+    script = (
+        "from xmodal.study.cluster import RayPool\n"
+        "pool = RayPool('local', cpus=1, quiet=True)\n"
+        "try:\n"
+        "    print(sorted(pool.listening_on()))\n"
+        "    print(pool.describe())\n"
+        "finally:\n"
+        "    pool.close()\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    hosts, described = proc.stdout.strip().splitlines()[-2:]
+    assert hosts == "['127.0.0.1']"
+    assert described.startswith("a local Ray instance (loopback only)")

@@ -29,6 +29,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -41,8 +42,18 @@ PROBE_TIMEOUT = 120.0   # seconds each node gets to answer the shared-folder che
 MARKER_PREFIX = ".ray-driver-"
 
 
-def import_ray():
-    """The `ray` module, or a UserError naming the fix."""
+# Ray binds a single-node instance to the loopback address only in its Windows/macOS mode,
+# which this variable (read when `ray` is imported) selects; elsewhere it binds every interface.
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def import_ray(local: bool = False):
+    """The `ray` module, or a UserError naming the fix. `local`: a private instance will be
+    started, so keep it on 127.0.0.1 (unless the user set LOOPBACK_ENV or imported Ray first;
+    `RayPool.describe` says where it listens)."""
+    if local and "ray" not in sys.modules:
+        os.environ.setdefault(LOOPBACK_ENV, "0")
     try:
         import ray
     except ImportError as exc:
@@ -132,7 +143,7 @@ class RayPool:
             raise UserError(f"--ray-gpus must be >= 0, got {gpus}")
         if gpus > 1 and gpus != int(gpus):
             raise UserError(f"--ray-gpus above 1 must be a whole number, got {gpus}")
-        self.ray = import_ray()
+        self.ray = import_ray(local=address == "local")
         self.address, self.cpus, self.gpus = address, float(cpus), float(gpus)
         self.threads = max(1, int(self.cpus))
         self.progress = False
@@ -171,6 +182,11 @@ class RayPool:
                             f"{one_line(exc, ERROR_LIMIT)}; {hint}") from None
         self.owned = True
 
+    def listening_on(self) -> set:
+        """The addresses the instance's services bind: GCS and every node manager."""
+        hosts = {self.ray.get_runtime_context().gcs_address.rsplit(":", 1)[0]}
+        return hosts | {n.get("NodeManagerAddress") for n in self._nodes()}
+
     def _nodes(self) -> list[dict]:
         return [n for n in self.ray.nodes() if n.get("Alive", n.get("alive"))]
 
@@ -196,7 +212,13 @@ class RayPool:
 
     def describe(self) -> str:
         res = self.ray.cluster_resources()
-        where = "a local Ray instance" if self.address == "local" else f"Ray at {self.address}"
+        where = f"Ray at {self.address}"
+        if self.address == "local":
+            hosts = self.listening_on()
+            where = ("a local Ray instance (loopback only)" if hosts <= LOOPBACK else
+                     f"a local Ray instance listening on {', '.join(sorted(hosts))}, not only "
+                     f"on loopback (set {LOOPBACK_ENV}=0 before Ray is imported to keep it on "
+                     "this machine)")
         return (f"{where}: {len(self._nodes())} node(s), {res.get('CPU', 0):g} CPUs, "
                 f"{res.get('GPU', 0):g} GPUs; {self.cpus:g} CPU(s)"
                 + (f" and {self.gpus:g} GPU(s)" if self.gpus else "") + " per run")
