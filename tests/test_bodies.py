@@ -91,3 +91,29 @@ def test_offline_hub_name_via_cli_is_one_line_exit_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "roberta-base" in lines[0] and "--body DIR" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_paper_bodies_build_at_full_size_offline_with_random_weights(monkeypatch):
+    """roberta-base (and the MiniBERTas) and Swin-base ship as architecture files: with
+    body.pretrained=false they build with no download, at the paper's size, and say the
+    weights are random."""
+    from xmodal.config.bodies import body_family, model_type
+    from xmodal.model.bodies import parameter_count
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-hub-cache")
+    body = load_body(BodyConfig(name="nyu-mll/roberta-base-10M-3", pretrained=False))
+    c = body.model.config
+    assert (c.model_type, c.num_hidden_layers, c.hidden_size, c.vocab_size) == \
+        ("roberta", 12, 768, 50265)
+    # embeddings (50265 + 514 + 1 tokens x 768, LayerNorm) + 12 layers of 7,087,872; no pooler
+    assert parameter_count(body.model) == (50265 + 514 + 1) * 768 + 2 * 768 + 12 * 7_087_872
+    assert "random weights" in body.info.source and body.info.max_tokens == 512
+    swin = load_body(BodyConfig(name="microsoft/swin-base-patch4-window7-224-in22k",
+                                pretrained=False))
+    assert (swin.info.family, swin.info.in_dim, swin.info.out_dim, swin.info.image_size) == \
+        ("swin", 128, 1024, 224)
+    assert [len(stage.blocks) for stage in swin.model.encoder.layers] == [2, 2, 18, 2]
+    assert model_type("roberta-base") == "roberta"
+    assert body_family("microsoft/swin-base-patch4-window7-224-in22k") == "vision"
+    with pytest.raises(UserError, match="roberta-base"):      # the weights still need the hub
+        load_body(BodyConfig(name="roberta-base", pretrained=True))

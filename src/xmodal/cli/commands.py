@@ -184,5 +184,28 @@ def cmd_export(args) -> int:
     return 0
 
 
-COMMANDS = {"export": cmd_export, "tasks": cmd_tasks, "fit": cmd_fit, "baseline": cmd_baseline, "predict": cmd_predict,
-            "distance": cmd_distance, "study": cmd_study, "report": cmd_report}
+def cmd_nb360(args) -> int:
+    """`xmodal nb360 fixtures DIR`: synthetic files in the published formats, into a new or
+    empty folder (never over a user's files)."""
+    from pathlib import Path
+
+    from ..data.nb360.fixtures import write_fixtures
+    from ..errors import UserError
+    folder = Path(args.dir).expanduser()
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        what = "not empty" if folder.is_dir() else "not a folder"
+        raise UserError(f"nb360 fixtures: '{folder}' is {what}; give a new or empty folder")
+    written = write_fixtures(folder, seed=args.seed, text_width=args.text_width)
+    for what, paths in written.items():
+        size = sum(p.stat().st_size for p in paths) / 2**20
+        names = ", ".join(str(p.relative_to(folder)) for p in paths)
+        print(f"{what:22s} {size:6.1f} MB  {names}")
+    print(f"\nsynthetic NAS-Bench-360 files (seeded noise, published formats) in {folder}: use "
+          f"--set task.data_dir={folder} --set align.proxy_dir={folder}; darcy-nb360 also "
+          "needs --set task.options.n_train=10 --set task.options.n_test=5")
+    return 0
+
+
+COMMANDS = {"export": cmd_export, "tasks": cmd_tasks, "fit": cmd_fit, "baseline": cmd_baseline,
+            "predict": cmd_predict, "distance": cmd_distance, "study": cmd_study,
+            "report": cmd_report, "nb360": cmd_nb360}

@@ -92,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, metavar="FOLDER", help="the folder to write")
     exp.add_argument("--format", default="torchscript", choices=["torchscript"],
                      help="the model file's format (default torchscript)")
+    nb = _command(sub, "nb360", "NAS-Bench-360 helpers: synthetic files in the published formats",
+                  "`xmodal nb360 fixtures DIR` writes small synthetic files (seeded noise) in "
+                  "exactly the formats, names and shapes the NAS-Bench-360 loaders read: the six "
+                  "tasks, CIFAR-10, and the MNIST and ORCA text-feature proxies. For smoke runs "
+                  "of the presets and paper studies without the real data.")
+    nbsub = nb.add_subparsers(dest="nb360_command", required=True, metavar="COMMAND",
+                              title="commands", help="`xmodal nb360 COMMAND --help` for its options")
+    fx = _command(nbsub, "fixtures", "write the synthetic files into a new or empty folder",
+                  "Write the fixtures into DIR (use it as task.data_dir and align.proxy_dir).")
+    fx.add_argument("dir", metavar="DIR", help="a new or empty folder")
+    fx.add_argument("--seed", type=int, default=0, help="seed of the synthetic values")
+    fx.add_argument("--text-width", type=int, default=768,
+                    help="width of the text-proxy features: the text body's hidden size "
+                         "(768: roberta-base)")
     rep = _command(sub, "report", "figures and report.md / report.html for a study or one run",
                    "Write DIR/report/: report.md, report.html and the figures. For a study "
                    "folder: one figure per research question, from the study store in DIR. For "

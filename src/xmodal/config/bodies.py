@@ -1,6 +1,8 @@
 """What the config layer knows of a body without loading it: the supported model types, the
-small random test configs, and a body's family read from its `config.json` as plain JSON
-(never through transformers), so the study planner can group runs without importing torch.
+small random test configs, the full-size architectures shipped with xmodal (`architectures/`:
+the paper's bodies, buildable with random weights offline), and a body's family read from its
+`config.json` as plain JSON (never through transformers), so the study planner can group runs
+without importing torch.
 """
 
 from __future__ import annotations
@@ -27,6 +29,28 @@ RANDOM_CONFIGS = {
 }
 VISION_HINTS = ("vit", "swin", "deit", "beit", "image")
 
+# The paper's bodies: hub name -> the architecture file shipped in config/architectures/.
+SWIN_BASE = "swin-base-patch4-window7-224.json"
+SHIPPED_ARCHITECTURES = {
+    "roberta-base": "roberta-base.json",
+    "FacebookAI/roberta-base": "roberta-base.json",
+    "nyu-mll/roberta-base-1B-2": "roberta-base.json",     # the MiniBERTas share RoBERTa-base's
+    "nyu-mll/roberta-base-100M-3": "roberta-base.json",
+    "nyu-mll/roberta-base-10M-3": "roberta-base.json",
+    "microsoft/swin-base-patch4-window7-224-in22k": SWIN_BASE,
+    "microsoft/swin-base-patch4-window7-224": SWIN_BASE,
+}
+
+
+def shipped_architecture(name: str) -> Optional[dict]:
+    """The shipped config.json values of a paper body, without the `_comment` keys (None: not
+    shipped, or `name` is a local folder, whose own config.json wins)."""
+    file = SHIPPED_ARCHITECTURES.get(name)
+    if file is None or Path(name).expanduser().is_dir():
+        return None
+    raw = json.loads((Path(__file__).parent / "architectures" / file).read_text(encoding="utf-8"))
+    return {k: v for k, v in raw.items() if not k.startswith("_")}
+
 
 def model_type(name: str) -> Optional[str]:
     """The `model_type` of a body name, from what is on this machine (None: unknown here)."""
@@ -34,6 +58,9 @@ def model_type(name: str) -> Optional[str]:
         return BUNDLED[name]
     if name in RANDOM_CONFIGS:
         return RANDOM_CONFIGS[name]["model_type"]
+    shipped = shipped_architecture(name)
+    if shipped is not None:
+        return shipped["model_type"]
     for path in _config_files(name):
         try:
             return json.loads(path.read_text(encoding="utf-8")).get("model_type")

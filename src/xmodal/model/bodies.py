@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import BodyConfig
-from ..config.bodies import RANDOM_CONFIGS, TEXT_TYPES, VISION_TYPES
+from ..config.bodies import RANDOM_CONFIGS, TEXT_TYPES, VISION_TYPES, shipped_architecture
 from ..errors import UserError
 
 @dataclass(frozen=True)
@@ -165,6 +165,13 @@ def _build_model(cfg: BodyConfig):
         hf_cfg = AutoConfig.for_model(spec.pop("model_type"), **spec)
         _apply_overrides(hf_cfg, cfg)
         return AutoModel.from_config(hf_cfg), cfg.name
+    shipped = shipped_architecture(cfg.name)
+    if shipped is not None and not cfg.pretrained:
+        # random weights need only the architecture: xmodal ships the paper bodies' configs
+        hf_cfg = AutoConfig.for_model(**shipped)
+        _apply_overrides(hf_cfg, cfg)
+        return AutoModel.from_config(hf_cfg), f"{cfg.name} (architecture shipped with xmodal, " \
+                                              "random weights: body.pretrained=false)"
     source = resolve_source(cfg.name)
     hf_cfg = _load_config(source, cfg.name)
     if hf_cfg.model_type not in TEXT_TYPES + VISION_TYPES:
