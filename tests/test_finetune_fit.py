@@ -32,6 +32,12 @@ def count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def forward_count(part) -> int:
+    """What the forward pass uses: a text body runs its encoder layers only (the embedder
+    replaces the word, position and token-type embeddings)."""
+    return count(part.model.encoder) if hasattr(part, "info") else count(part)
+
+
 def lora_count(body, rank: int) -> int:
     """r * (in + out) per adapted Linear: LoRA's A (r x in) and B (out x r)."""
     targets = LORA_TARGETS[body.info.family]
@@ -55,7 +61,7 @@ def test_fit_trains_only_what_the_mode_allows(mode, tmp_path):
     result = fit(cfg, progress=False, log=lambda m: None)
     assert result.status == "done"
 
-    sizes = {p: count(getattr(initial, p)) for p in PARTS}
+    sizes = {p: forward_count(getattr(initial, p)) for p in PARTS}
     extra = lora_count(initial.body, cfg.train.lora_rank) if mode == "lora" else 0
     assert extra == 0 or extra == 2 * cfg.train.lora_rank * 2 * 384   # 1 layer: query + value
     want = {p: 0 if p in FROZEN[mode] else sizes[p] for p in PARTS}
@@ -69,7 +75,8 @@ def test_fit_trains_only_what_the_mode_allows(mode, tmp_path):
     best = load_file(str(result.run_dir / "best.safetensors"))
     start = initial.state_dict()
     for part in PARTS:
-        keys = [k for k in start if k.startswith(part + ".")]
+        keys = [k for k in start if k.startswith(part + ".")
+                and not k.startswith("body.model.embeddings.")]
         same = [torch.equal(best[stored_key(k, best)], start[k]) for k in keys]
         if part in FROZEN[mode]:
             assert all(same), f"{mode}: frozen {part} changed"
@@ -165,3 +172,36 @@ def test_report_of_one_run_folder(tmp_path, capsys):
     assert (out / "curves.png").read_bytes().startswith(b"\x89PNG")
     assert "data:image/png;base64," in (out / "report.html").read_text()
     assert "report written to" in capsys.readouterr().out
+
+
+def test_the_bodys_input_embedding_is_not_trained_counted_or_saved(tmp_path):
+    """MiniLM's word-embedding table (11.7M of a 1-layer body's 13.5M weights) never takes
+    part in the forward pass: it does not train, is not counted and is not in the checkpoint;
+    a checkpoint written with it (before this change) still loads, to the same outputs."""
+    import numpy as np
+    from safetensors.torch import save_file
+    from xmodal import load_run
+    cfg = load_config(overrides={**TINY, "run.out": str(tmp_path)})
+    result = fit(cfg, progress=False, log=lambda m: None)
+    initial = build_model(load_task(cfg.task).spec, cfg.body, cfg.embedder, cfg.run.seed)[0]
+    words = initial.body.model.embeddings.word_embeddings.weight
+    assert words.numel() == 30522 * 384
+    params = result.summary["parameters"]
+    assert params["body_total"] == params["body_trainable"] == count(initial.body.model.encoder)
+    assert params["total"] == count(initial) - count(initial.body.model.embeddings)
+
+    path = result.run_dir / "best.safetensors"
+    best = load_file(str(path))
+    assert not [k for k in best if "embeddings.word_embeddings" in k]
+    assert sum(t.numel() for t in best.values()) == params["total"]
+    assert path.stat().st_size < 4 * params["total"] + 100_000    # fp32 and a small header
+
+    run = load_run(result.run_dir, "cpu")
+    assert all(not p.requires_grad or not n.startswith("body.model.embeddings.")
+               for n, p in run.model.named_parameters())
+    x = load_task(cfg.task).x_test[:8]
+    before = run.outputs(x)
+    full = {**best, **{f"body.model.embeddings.{k}": v.contiguous()
+                       for k, v in initial.body.model.embeddings.state_dict().items()}}
+    save_file(full, str(path))
+    np.testing.assert_array_equal(load_run(result.run_dir, "cpu").outputs(x), before)

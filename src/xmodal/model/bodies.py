@@ -4,8 +4,10 @@
 random test config such as `vit-tiny-random`), builds the model (pretrained or randomly
 initialised from the same config), applies dropout / layer-count overrides and wraps it in a
 `Body`. A `Body` maps tokens `(B, T, in_dim)` produced by an embedder to contextual tokens
-`(B, T', out_dim)`; it bypasses the encoder's own input embedding, which it still exposes for
-initialising embedders and for computing proxy-dataset features.
+`(B, T', out_dim)`; it bypasses the encoder's own input embedding (`INPUT_EMBEDDING`: for a
+text body the word-embedding table, most of a small model's weights), which it still exposes for
+initialising embedders and for computing proxy-dataset features. That embedding never takes part
+in the forward pass, so it never trains, is not counted and is not saved (`used_parameters`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from torch import nn
 from ..config import BodyConfig
 from ..config.bodies import RANDOM_CONFIGS, TEXT_TYPES, VISION_TYPES, shipped_architecture
 from ..errors import UserError
+
+INPUT_EMBEDDING = "model.embeddings."   # a Body's names for the encoder's own input embedding
+
 
 @dataclass(frozen=True)
 class BodyInfo:
@@ -82,6 +87,10 @@ class Body(nn.Module):
             hidden = layer(hidden, None)
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         return hidden
+
+    def used_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """(name, parameter) of what `forward` uses: all but the encoder's input embedding."""
+        return [(n, p) for n, p in self.named_parameters() if not n.startswith(INPUT_EMBEDDING)]
 
     # -- pieces of the original input embedding (for embedder init and proxy features)
     def position_embeddings(self) -> Optional[torch.Tensor]:
@@ -236,4 +245,7 @@ def _int(v) -> int:
 
 
 def parameter_count(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+    """Parameters of `module` (a `Body`, or a model holding one: only those its forward uses)."""
+    params = (module.used_parameters() if hasattr(module, "used_parameters")
+              else module.named_parameters())
+    return sum(p.numel() for _, p in params if p.requires_grad or not trainable_only)

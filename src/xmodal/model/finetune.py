@@ -46,7 +46,16 @@ def apply_finetune_mode(model: CrossModalModel, mode: str, lora_rank: int = 8) -
         keep = BODY_SELECTORS[body[0]] if body else (lambda name: False)
         for name, p in model.body.named_parameters():
             p.requires_grad = bool(keep(name))
+    _freeze_input_embedding(model)
     return model
+
+
+def _freeze_input_embedding(model: CrossModalModel) -> None:
+    """The body's own input embedding is never in the forward pass: it never trains."""
+    used = {id(p) for _, p in model.body.used_parameters()}
+    for p in model.body.parameters():
+        if id(p) not in used:
+            p.requires_grad = False
 
 
 def _set(module: nn.Module, flag: bool) -> None:

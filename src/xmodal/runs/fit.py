@@ -28,7 +28,7 @@ from ..data.registry import load_task
 from ..data.types import TaskData
 from ..errors import RunFailed, UserError
 from ..io import artifacts
-from ..model.crossmodal import build_model
+from ..model.crossmodal import build_model, checkpoint_state
 from ..model.finetune import apply_finetune_mode, trainable_summary
 from ..ot.sinkhorn import sinkhorn_notes
 from ..stages.device import resolve_device, resolve_precision
@@ -278,7 +278,7 @@ def _final_eval(summary: Summary, model, state, data: TaskData, cfg: Config, dev
         best = best_model(model, state)
         summary.test_metric_best, summary.extra = test(best, "test (best epoch)")
     if cfg.run.save_checkpoint:
-        artifacts.save_safetensors(best.state_dict(), folder.checkpoint,
+        artifacts.save_safetensors(checkpoint_state(best), folder.checkpoint,
                                    {"epoch": state.best_epoch, "config_hash": config_hash(cfg)})
     summary.last_val_metric = state.history[-1]["val_metric"] if state.history else None
     summary.best_val_metric = state.best_metric if math.isfinite(state.best_metric) else None

@@ -124,8 +124,7 @@ def _load_model(folder: RunFolder, spec, cfg):
     model, _ = build_model(spec, cfg.body, cfg.embedder, cfg.run.seed)
     model = apply_finetune_mode(model, cfg.train.finetune, cfg.train.lora_rank)
     try:
-        state = load_file(str(folder.checkpoint))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_used_state(load_file(str(folder.checkpoint)))
     except Exception as exc:   # truncated or foreign file, tensors of another shape
         raise UserError(f"{folder.checkpoint} cannot be loaded into the model its "
                         f"{folder.CONFIG} builds ({one_line(exc)}); retrain the run with "

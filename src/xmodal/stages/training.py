@@ -27,6 +27,7 @@ from ..config import TrainConfig
 from ..data.types import TaskData
 from ..errors import START_OVER, Stopped, TrainingDiverged, UserError, one_line
 from ..io.artifacts import atomic_torch_save
+from ..model.crossmodal import checkpoint_state, load_checkpoint_state
 from .device import autocast
 from .evaluate import evaluate
 from .frozen import CACHE_LIMIT_BYTES, OnFeatures, body_outputs, feature_bytes, front_is_frozen
@@ -124,7 +125,7 @@ class Trainer:
         if blob is None:
             return False
         try:
-            self.model.load_state_dict(blob["model"])
+            load_checkpoint_state(self.model, blob["model"])
             self.opt.load_state_dict(blob["optimizer"])
             self.sched.load_state_dict(blob["scheduler"])
             self.state = TrainState(**blob["state"])
@@ -141,7 +142,7 @@ class Trainer:
             return
         self._last_save = time.monotonic()
         state = {f.name: getattr(self.state, f.name) for f in fields(TrainState)}
-        atomic_torch_save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+        atomic_torch_save({"model": checkpoint_state(self.model), "optimizer": self.opt.state_dict(),
                            "scheduler": self.sched.state_dict(), "state": state},
                           self.resume_path)
 
@@ -195,7 +196,7 @@ class Trainer:
         if np.isfinite(val) and val < self.state.best_metric:
             self.state.best_metric, self.state.best_epoch = float(val), epoch
             self.state.best_state = {k: v.detach().to("cpu", copy=True)
-                                     for k, v in self.model.state_dict().items()}
+                                     for k, v in checkpoint_state(self.model).items()}
 
     def _loader(self, epoch: int) -> DataLoader:
         ds = TensorDataset(torch.from_numpy(self.x_train), torch.from_numpy(self.data.y_train))
@@ -264,5 +265,5 @@ def best_model(model: torch.nn.Module, state: TrainState) -> torch.nn.Module:
     """A copy of `model` holding the best-validation weights."""
     best = copy.deepcopy(model)
     if state.best_state is not None:
-        best.load_state_dict(state.best_state)
+        load_checkpoint_state(best, state.best_state)
     return best
