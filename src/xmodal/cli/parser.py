@@ -115,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
 def _command(sub, name: str, help_: str, description: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help_, description=description)
 
@@ -242,6 +252,9 @@ def _study_parser(sub) -> None:
     run.add_argument("--dry-run", action="store_true",
                      help="print the planned runs (task, body, variant, seed), their count and a "
                           "GPU-hours estimate; train nothing, write nothing")
+    run.add_argument("--gpu-tflops", type=_positive_float, default=None, metavar="X",
+                     help="with --dry-run: the sustained GPU throughput the GPU-hours assume, "
+                          "in TFLOP/s (default 100)")
     run.add_argument("--quiet", action="store_true", help="no progress or summary lines; "
                      "only failures are reported (on stderr)")
     st = _command(ssub, "status", "counts and failures of a study folder",

@@ -28,6 +28,9 @@ class TaskSpec:
     metric: str = ""               # error | 1-auroc | 1-macro-f1 | relative-l2
     output_shape: tuple = ()       # dense: (C_out, H, W) of the target field
     source: str = ""               # where the data come from
+    # (train, validation, test) sizes of the published split, for costing a run without its
+    # files (`runs.cost`); () when the sizes come only from loading the data
+    published_sizes: tuple = ()
 
     @property
     def loss(self) -> str:

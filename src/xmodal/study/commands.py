@@ -12,6 +12,8 @@ from typing import Optional
 
 from ..config.choices import NO_BASELINE
 from ..errors import UserError
+from ..runs.cost import GPU_TFLOPS
+from .costs import PlanCost, plan_cost
 from .export import export_csv as _write_csv
 from .liveness import token_alive
 from .plan import Plan, expand
@@ -132,9 +134,9 @@ def list_text() -> str:
     return "\n".join(lines)
 
 
-def plan_text(plan: Plan) -> str:
-    """`study run --dry-run`: one line per planned run (task, body, variant, seed), the run
-    count and the GPU-hours estimate."""
+def plan_text(plan: Plan, tflops: float = GPU_TFLOPS) -> str:
+    """`study run --dry-run`: one line per planned run (task, body, variant, seed), how the
+    GPU-hours were estimated (`study/costs.py`), the run count and the estimate."""
     rows = []
     for r in plan.runs:
         labels = [m[2].get("label") for m in r.members if m[2].get("label")]
@@ -146,16 +148,33 @@ def plan_text(plan: Plan) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3]
              for row in rows]
-    hours, unknown = plan.gpu_hours()
-    estimate = (f"about {hours:.0f} GPU-hours" if hours >= 10 else f"about {hours:.1f} GPU-hours")
-    estimate += (f" ({unknown} run(s) without an estimate)" if unknown and hours else "")
-    estimate = "no GPU-hours estimate (the spec's tasks have no gpu_hours_per_epoch tag)" \
-        if unknown == len(plan.runs) else estimate
+    cost = plan_cost(plan, tflops)
+    lines.append(cost_text(cost, len(plan.runs)))
+    estimate = (f"about {cost.hours:.0f} GPU-hours" if cost.hours >= 10
+                else f"about {cost.hours:.1f} GPU-hours")
+    estimate = "no GPU-hours estimate" if cost.unknown == len(plan.runs) else estimate
     parts = ", ".join(plan.parts())
     lines.append(f"study '{plan.name}' ({parts}): {len(plan.runs)} runs; {estimate}; "
                  f"dry run: nothing was trained or written")
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
+
+
+def cost_text(cost: PlanCost, runs: int) -> str:
+    """How the estimate was made, in one line."""
+    how = []
+    if cost.measured:
+        how.append(f"{cost.measured} run(s) from FLOPs counted on their architectures "
+                   f"(torch.utils.flop_counter, meta device) x the published split sizes, at "
+                   f"{cost.tflops:g} TFLOP/s sustained (--gpu-tflops; alignment, data loading "
+                   f"and start-up not counted)")
+    tagged = runs - cost.measured - cost.unknown
+    if tagged:
+        how.append(f"{tagged} from the spec's gpu_hours_per_epoch tags or CPU baselines (0)")
+    if cost.unknown:
+        how.append(f"{cost.unknown} without an estimate (a task without published sizes "
+                   f"and no gpu_hours_per_epoch tag)")
+    return "GPU-hours: " + "; ".join(how)
 
 
 def cli(args) -> int:
@@ -168,7 +187,7 @@ def cli(args) -> int:
         _check_task_names(tasks)
         plan = expand(load_spec(args.spec), args.out, tasks=tasks, seeds=_seeds(args.seeds),
                       overrides=list(args.set or []))
-        print(plan_text(plan))
+        print(plan_text(plan, getattr(args, "gpu_tflops", None) or GPU_TFLOPS))
         return 0
     if cmd == "run":
         tasks = _split(args.tasks)

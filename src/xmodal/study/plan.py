@@ -16,7 +16,7 @@ from typing import Optional
 
 from ..config import Config, config_hash, from_dict, parse_override, set_dotted
 from ..config.bodies import body_family
-from ..config.choices import BASELINES, NO_BASELINE
+from ..config.choices import BASELINES
 from ..config.derived import aligns
 from ..config.identity import alignment_key, run_id
 from ..errors import UserError
@@ -55,23 +55,6 @@ class Plan:
 
     def parts(self) -> list[str]:
         return list(dict.fromkeys(m[0] for r in self.runs for m in r.members))
-
-    def gpu_hours(self) -> tuple[float, int]:
-        """(estimated GPU-hours of the runs that have an estimate, runs without one)."""
-        hours = [run_gpu_hours(r) for r in self.runs]
-        return sum(h for h in hours if h is not None), sum(h is None for h in hours)
-
-
-def run_gpu_hours(run: PlannedRun) -> Optional[float]:
-    """Rough GPU-hours of one run: train.epochs x the `gpu_hours_per_epoch` tag a spec gives
-    a task (its estimate for one GPU at full size); None without the tag."""
-    per_epoch = next((m[2]["gpu_hours_per_epoch"] for m in run.members
-                      if m[2].get("gpu_hours_per_epoch") is not None), None)
-    if run.config.baseline.method != NO_BASELINE:
-        return 0.0                       # scikit-learn on the CPU
-    if per_epoch is None or run.config.train.epochs is None:
-        return None                      # no tag, or an automatic budget
-    return float(per_epoch) * run.config.train.epochs
 
 
 def _apply(tree: dict, mapping: Optional[dict], prefix: str = "") -> None:

@@ -71,7 +71,8 @@ def read_darcy_mat(path: Path, n: int, step: int) -> tuple[np.ndarray, np.ndarra
 @register(TaskSpec("darcy-nb360", "Darcy Flow from the NAS-Bench-360 .mat files, subsampled "
                    "421 -> 85 (options: n_train, n_test, sub)", "2d", "dense", (3, 85, 85), 1,
                    metric="relative-l2", output_shape=(1, 85, 85),
-                   source="piececonst_r421_N1024_smooth{1,2}.mat"))
+                   source="piececonst_r421_N1024_smooth{1,2}.mat",
+                   published_sizes=(900, 100, 100)))
 def _darcy_nb360(cfg: TaskConfig) -> TaskData:
     opt = read_options(cfg, {"n_train": 1000, "n_test": 100, "sub": 5})
     if min(opt.values()) < 1:

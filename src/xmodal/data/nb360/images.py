@@ -108,7 +108,8 @@ def _cifar_task(cfg: TaskConfig, classes: int) -> TaskData:
 
 @register(TaskSpec("cifar100", "CIFAR-100 (NAS-Bench-360), python-pickle files train/test",
                    "2d", "classification", (3, 32, 32), 100, metric="error",
-                   source="cifar-100-python/{train,test} in the data folder"))
+                   source="cifar-100-python/{train,test} in the data folder",
+                   published_sizes=(40_000, 10_000, 10_000)))
 def _cifar100(cfg: TaskConfig) -> TaskData:
     return _cifar_task(cfg, 100)
 
@@ -122,7 +123,8 @@ def _cifar10(cfg: TaskConfig) -> TaskData:
 
 @register(TaskSpec("ninapro", "NinaPro DB5 sEMG hand gestures (NAS-Bench-360), 16 x 52 windows",
                    "2d", "classification", (1, 16, 52), 18, metric="error",
-                   source="ninapro_{train,val,test}.npy + label_{train,val,test}.npy"))
+                   source="ninapro_{train,val,test}.npy + label_{train,val,test}.npy",
+                   published_sizes=(2_638, 659, 659)))
 def _ninapro(cfg: TaskConfig) -> TaskData:
     read_options(cfg, {})
     arrays = []

@@ -31,7 +31,8 @@ def _satellite_split(cfg: TaskConfig, split: str) -> tuple[np.ndarray, np.ndarra
 
 @register(TaskSpec("satellite", "Satellite image time series, 46 steps, 24 land-cover classes "
                    "(NAS-Bench-360)", "1d", "classification", (1, 46), 24, metric="error",
-                   source="satellite_{train,test}.npy (pickled dicts)"))
+                   source="satellite_{train,test}.npy (pickled dicts)",
+                   published_sizes=(800_000, 100_000, 100_000)))
 def _satellite(cfg: TaskConfig) -> TaskData:
     read_options(cfg, {})
     (xtr, ytr), (xte, yte) = _satellite_split(cfg, "train"), _satellite_split(cfg, "test")
@@ -55,7 +56,8 @@ def _deepsea_y(y: np.ndarray, path: Path, key: str) -> np.ndarray:
 
 @register(TaskSpec("deepsea", "DeepSEA: 36 chromatin features from 1000 bp one-hot DNA "
                    "(NAS-Bench-360 filtered)", "1d", "multilabel", (4, 1000), 36,
-                   metric="1-auroc", source="deepsea_filtered.npz"))
+                   metric="1-auroc", source="deepsea_filtered.npz",
+                   published_sizes=(71_000, 2_500, 150_000)))
 def _deepsea(cfg: TaskConfig) -> TaskData:
     read_options(cfg, {})
     path = find_file(cfg, "deepsea", "deepsea_filtered.npz",
@@ -145,7 +147,8 @@ def _split_records(idx: np.ndarray, labels: np.ndarray, fraction: float, seed: i
 
 @register(TaskSpec("ecg", "ECG: PhysioNet/CinC 2017 atrial fibrillation, windows of 1000 "
                    "(NAS-Bench-360)", "1d", "classification", (1, 1000), 4, metric="1-macro-f1",
-                   source="challenge2017.pkl (pickled dict)"))
+                   source="challenge2017.pkl (pickled dict)",
+                   published_sizes=(260_000, 33_000, 33_000)))
 def _ecg(cfg: TaskConfig) -> TaskData:
     read_options(cfg, {})
     path = find_file(cfg, "ecg", "challenge2017.pkl",
