@@ -2,14 +2,12 @@
 closed form of a BERT encoder, what the fine-tune mode leaves out of the backward pass, and the
 GPU-hours of `study run --dry-run` from them."""
 
-import math
-
 import pytest
 
 from xmodal import study
 from xmodal.config import load_config
 from xmodal.data.registry import REGISTRY
-from xmodal.runs.cost import GPU_TFLOPS, gpu_hours, run_cost, sample_flops
+from xmodal.runs.cost import gpu_hours, run_cost, sample_flops
 from xmodal.study.costs import plan_cost
 
 TINY = {"task.name": "gunpoint", "body.name": "bert-tiny-random", "embedder.seq_len": 10}
@@ -77,11 +75,8 @@ def test_paper_dry_run_hours_come_from_counted_flops(tmp_path, capsys):
     assert cost.unknown == 0 and cost.measured == len(plan.runs)
     hours = float(lines[-1].split("about ")[1].split()[0])
     assert hours == pytest.approx(cost.hours, abs=0.5)
-    assert plan_cost(plan).hours == pytest.approx(cost.hours * 50 / GPU_TFLOPS)
 
     sat = next(r for r in plan.runs if r.task == "satellite" and r.config.body.pretrained)
     per = sample_flops(sat.config, REGISTRY["satellite"].spec)
     encoder = 12 * (12 * 768 ** 2 + 13 * 768)        # RoBERTa-base's 12 layers, weights only
     assert 0.9 < per.train / (6 * encoder * 46) < 1.2
-    assert math.isclose(per.train, sample_flops(
-        sat.config, REGISTRY["satellite"].spec).train)  # deterministic

@@ -6,12 +6,12 @@ a stated sustained GPU throughput. The samples are the task's published split
 (`TaskSpec.published_sizes`, the NAS-Bench-360 tasks), capped by `task.max_train` / `max_val`
 / `max_test`. A task without published sizes falls back to the spec's `gpu_hours_per_epoch`
 tag x epochs, else it has no estimate. Domain baselines run on the CPU: 0 GPU-hours. Runs that
-differ only in what does not change the FLOPs (seed, proxy, learning rates) are counted once.
+differ only in what does not change the FLOPs (seed, proxy, initialisation, learning rates)
+are counted once.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Optional
@@ -73,10 +73,11 @@ def _sizes(cfg) -> Optional[dict]:
 
 
 def _flops_key(cfg) -> str:
-    """What the FLOPs per sample depend on: the task's shapes, body, embedder, fine-tune mode."""
-    return json.dumps([cfg.task.name, dataclasses.asdict(cfg.body),
-                       dataclasses.asdict(cfg.embedder), cfg.train.finetune,
-                       cfg.train.lora_rank], sort_keys=True, default=str)
+    """What the FLOPs per sample depend on: the task's shapes, the body's architecture and
+    depth, the token count and the fine-tune mode (not initialisation, dropout or lr)."""
+    b, e, t = cfg.body, cfg.embedder, cfg.train
+    return json.dumps([cfg.task.name, b.name, b.num_layers, e.seq_len, e.patch, t.finetune,
+                       t.lora_rank])
 
 
 def _tagged_hours(run: PlannedRun) -> Optional[float]:
