@@ -273,3 +273,6 @@ def test_export_folder_reproduces_predict_in_a_fresh_process_without_xmodal(tmp_
     np.testing.assert_allclose(got, xmodal.load_run(result.run_dir).outputs(x), rtol=1e-4,
                                atol=1e-5)
     assert json.loads((out / "task.json").read_text())["spec"]["name"] == task
+    # the body's bypassed input embedding (MiniLM's 30522 x 384 word table) is not exported
+    names = [n for n, _ in torch.jit.load(str(out / "model.pt")).named_parameters()]
+    assert names and not [n for n in names if ".embeddings." in n and "embedder" not in n]

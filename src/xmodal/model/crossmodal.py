@@ -8,6 +8,8 @@ parameter counts hold only what the model computes with.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -40,6 +42,12 @@ class CrossModalModel(nn.Module):
     def used_state_dict(self) -> dict:
         """The state dict without the body's input embedding: what a checkpoint holds."""
         return {k: v for k, v in self.state_dict().items() if is_used(k)}
+
+    def without_input_embedding(self) -> "CrossModalModel":
+        """A copy without the body's bypassed input embedding (for export: nothing unused)."""
+        out = copy.deepcopy(self)
+        out.body.model.embeddings = nn.Identity()
+        return out
 
     def load_used_state(self, state: dict) -> tuple[list, list]:
         """Load a `used_state_dict` (or a full state dict, from before it existed); returns the

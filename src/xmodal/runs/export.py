@@ -67,8 +67,10 @@ out = model(x)   # x: float32 tensor (N, {shape}), raw (not normalised), channel
 def trace(run) -> torch.jit.ScriptModule:
     """The finished `LoadedRun` as a traced `Standalone` module (CPU, fp32)."""
     rec = run.record
-    module = Standalone(run.model.float().cpu().eval(), rec.x_mean, rec.x_std, rec.y_mean,
-                        rec.y_std).eval()
+    model = run.model.float().cpu().eval()
+    if hasattr(model, "without_input_embedding"):
+        model = model.without_input_embedding()   # the embedder replaces it: not exported
+    module = Standalone(model, rec.x_mean, rec.x_std, rec.y_mean, rec.y_std).eval()
     example = torch.zeros(2, *run.spec.input_shape)
     try:
         with torch.no_grad(), warnings.catch_warnings():
