@@ -515,13 +515,13 @@ def test_task_without_per_epoch_metrics_shows_each_settings_final_test(tmp_path)
     """No validation split (e.g. UCR tasks): the panel is not left empty, it plots each
     setting's final test metric, mean and std over seeds, named on the x axis."""
     from xmodal.study.report.data import RunView
-    from xmodal.study.report.figures import _finals_panel, pyplot
+    from xmodal.study.report.figures import finals_panel, pyplot
     runs = {name: [RunView(f"{name}{s}", "osuleaf", s, {}, {"label": name}, "done",
                            {"test_metric_best": v}, [{"epoch": 1, "train_loss": 1.0}], [])
                    for s, v in enumerate(vals)]
             for name, vals in (("naive", [0.30, 0.34, 0.32]), ("text", [0.20, 0.22, 0.27]))}
     fig, ax = pyplot().subplots()
-    _finals_panel(ax, runs, ["naive", "text"], {}, ["naive", "text"])
+    finals_panel(ax, runs, ["naive", "text"], {}, ["naive", "text"])
     bars = ax.containers
     assert [c.get_label() for c in bars] == ["naive", "text"]
     for c, vals in zip(bars, ([0.30, 0.34, 0.32], [0.20, 0.22, 0.27])):
@@ -530,3 +530,27 @@ def test_task_without_per_epoch_metrics_shows_each_settings_final_test(tmp_path)
         seg = c.lines[2][0].get_segments()[0]
         assert seg[1][1] - seg[0][1] == pytest.approx(2 * np.std(vals, ddof=1))
     assert [t.get_text() for t in ax.get_xticklabels()] == ["naive", "text"]
+
+
+def test_rq3_panel_without_per_epoch_metrics_shows_each_modes_final_test():
+    """RQ3's panels of a task without a validation split (OSULeaf, BasicMotions in paper-cpu)
+    were empty: they now plot each freezing mode's final test metric, named on the x axis."""
+    from xmodal.study.report.data import RunView
+    from xmodal.study.report.figures import pyplot
+    from xmodal.study.report.rq3_freezing import _panel
+
+    def run(mode, seed, value):
+        return RunView(f"{mode}{seed}", "osuleaf", seed, {"train": {"finetune": mode}},
+                       {"label": mode}, "done", {"test_metric_best": value},
+                       [{"epoch": 1, "train_loss": 1.0}], [])
+
+    values = {"all": [0.40, 0.44, 0.42], "freeze-body": [0.55, 0.60, 0.58]}
+    runs = [run(m, s, v) for m, vals in values.items() for s, v in enumerate(vals)]
+    fig, ax = pyplot().subplots()
+    _panel(ax, runs, "osuleaf", "untrained", list(values), "val_metric", "0-1 error")
+    labels = [c.get_label() for c in ax.containers]
+    assert len(labels) == 2 and [t.get_text() for t in ax.get_xticklabels()] == labels
+    for c, vals in zip(ax.containers, values.values()):
+        (_x, y), = c.lines[0].get_xydata()
+        assert y == pytest.approx(np.mean(vals))
+    assert ax.get_ylabel().startswith("test ")

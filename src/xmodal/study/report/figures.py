@@ -101,7 +101,7 @@ def curves_figure(part: Part, path: Path, key, order: list, title: str,
         return None
     fig, axes = panel_grid(len(tasks))
     seeds = max(len({r.seed for r in part.done(t)}) for t in tasks)
-    styles, fields = styles or {}, set()
+    styles, fields, finals = styles or {}, set(), False
     for ax, task in zip(axes, tasks):
         runs = part.done(task)
         groups = group(runs, key)
@@ -111,13 +111,15 @@ def curves_figure(part: Part, path: Path, key, order: list, title: str,
         if drawn:
             fields.add(fld)
         else:
-            _finals_panel(ax, groups, names, styles, order)
+            finals_panel(ax, groups, names, styles, order)
+            finals = True
         ax.set_title(task)
         ax.set_ylabel(f"{_which(fld) if drawn else 'test'} {metric_label(runs)}\n"
                       "(lower is better)")
         ax.grid(alpha=0.3)
     what = ("final test metric (no per-epoch records)" if not fields else
-            f"{'test' if fields == {'test_metric'} else 'validation'} metric per epoch")
+            f"{'test' if fields == {'test_metric'} else 'validation'} metric per epoch"
+            + (" (final test metric where a task has none)" if finals else ""))
     suptitle(fig, f"{title}\n{what}, mean ± 1 std over {seeds} seed(s)")
     reference_lines(axes, part.refs)
     return save(fig, path, collect_legend(axes))
@@ -152,7 +154,7 @@ def _curves_panel(ax, groups: dict, names: list, fld: str, styles: dict, order: 
     return drawn
 
 
-def _finals_panel(ax, groups: dict, names: list, styles: dict, order: list) -> None:
+def finals_panel(ax, groups: dict, names: list, styles: dict, order: list) -> None:
     """Each setting's final test metric (mean +- 1 std), for runs without per-epoch curves."""
     for i, name in enumerate(names):
         st = stat_of(groups[name])
@@ -163,7 +165,7 @@ def _finals_panel(ax, groups: dict, names: list, styles: dict, order: list) -> N
                     capsize=4, lw=1.8, label=str(name))
     ax.set_xticks(range(len(names)), [str(n) for n in names], rotation=20, ha="right")
     ax.set_xlim(-0.6, len(names) - 0.4)
-    ax.set_xlabel("setting (no per-epoch records: test metric of the kept epoch)")
+    ax.set_xlabel("final test metric (no per-epoch records)")
 
 
 def slug(text: str) -> str:
