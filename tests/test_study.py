@@ -160,6 +160,11 @@ def test_task_presets_give_each_task_its_config(tmp_path):
 ])
 def test_paper_studies_dry_run_offline(name, runs, tasks, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("XMODAL_DATA_DIR", raising=False)
+    # FLOP counting at full size is test_cost.py's (paper-pretraining); here a stub keeps the
+    # four plans fast: 1 TFLOP per training sample, a third of it per evaluated one
+    from xmodal.runs.cost import SampleFlops
+    monkeypatch.setattr("xmodal.study.costs.sample_flops",
+                        lambda cfg, spec: SampleFlops(1e12, 1e12 / 3))
     out = tmp_path / "study"
     assert main(["study", "run", name, "--out", str(out), "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
