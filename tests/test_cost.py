@@ -72,7 +72,7 @@ def test_paper_dry_run_hours_come_from_counted_flops(tmp_path, capsys):
     assert "from FLOPs counted on their architectures" in lines[-2] and "50 TFLOP/s" in lines[-2]
     plan = study.expand(study.load_spec("paper-pretraining"), out)
     cost = plan_cost(plan, 50.0)
-    assert cost.unknown == 0 and cost.measured == len(plan.runs)
+    assert cost.unknown == 0 and cost.counted == len(plan.runs)
     hours = float(lines[-1].split("about ")[1].split()[0])
     assert hours == pytest.approx(cost.hours, abs=0.5)
 

@@ -163,12 +163,12 @@ def plan_text(plan: Plan, tflops: float = GPU_TFLOPS) -> str:
 def cost_text(cost: PlanCost, runs: int) -> str:
     """How the estimate was made, in one line."""
     how = []
-    if cost.measured:
-        how.append(f"{cost.measured} run(s) from FLOPs counted on their architectures "
+    if cost.counted:
+        how.append(f"{cost.counted} run(s) from FLOPs counted on their architectures "
                    f"(torch.utils.flop_counter, meta device) x the published split sizes, at "
                    f"{cost.tflops:g} TFLOP/s sustained (--gpu-tflops; alignment, data loading "
                    f"and start-up not counted)")
-    tagged = runs - cost.measured - cost.unknown
+    tagged = runs - cost.counted - cost.unknown
     if tagged:
         how.append(f"{tagged} from the spec's gpu_hours_per_epoch tags or CPU baselines (0)")
     if cost.unknown:

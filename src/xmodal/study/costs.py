@@ -25,21 +25,21 @@ from .plan import Plan, PlannedRun
 class PlanCost:
     hours: float          # the runs with an estimate
     unknown: int          # runs without one
-    measured: int         # runs costed from counted FLOPs
+    counted: int          # runs costed from counted FLOPs
     tflops: float
 
 
 def plan_cost(plan: Plan, tflops: float = GPU_TFLOPS) -> PlanCost:
     cache: dict = {}
-    hours, unknown, measured = 0.0, 0, 0
+    hours, unknown, counted = 0.0, 0, 0
     for run in plan.runs:
-        h, counted = run_hours(run, tflops, cache)
+        h, from_flops = run_hours(run, tflops, cache)
         if h is None:
             unknown += 1
         else:
             hours += h
-            measured += counted
-    return PlanCost(hours, unknown, measured, tflops)
+            counted += from_flops
+    return PlanCost(hours, unknown, counted, tflops)
 
 
 def run_hours(run: PlannedRun, tflops: float, cache: dict) -> tuple[Optional[float], bool]:
@@ -47,14 +47,14 @@ def run_hours(run: PlannedRun, tflops: float, cache: dict) -> tuple[Optional[flo
     cfg = run.config
     if cfg.baseline.method != NO_BASELINE:
         return 0.0, False
-    sizes = _sizes(cfg)
+    spec = _spec(cfg.task.name)
+    sizes = _sizes(cfg, spec)
     if sizes is None:
         return _tagged_hours(run), False
     key = _flops_key(cfg)
     if key not in cache:
-        cache[key] = sample_flops(cfg, _spec(cfg.task.name))
-    cost = run_cost(cfg, _spec(cfg.task.name), sizes, cache[key])
-    return gpu_hours(cost.flops, tflops), True
+        cache[key] = sample_flops(cfg, spec)
+    return gpu_hours(run_cost(cfg, spec, sizes, cache[key]).flops, tflops), True
 
 
 def _spec(name: str):
@@ -63,8 +63,7 @@ def _spec(name: str):
     return entry.spec if entry is not None else None
 
 
-def _sizes(cfg) -> Optional[dict]:
-    spec = _spec(cfg.task.name)
+def _sizes(cfg, spec) -> Optional[dict]:
     if spec is None or not spec.published_sizes:
         return None
     caps = (cfg.task.max_train, cfg.task.max_val, cfg.task.max_test)

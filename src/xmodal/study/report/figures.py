@@ -107,7 +107,7 @@ def curves_figure(part: Part, path: Path, key, order: list, title: str,
         groups = group(runs, key)
         names = [k for k in order if k in groups]
         fld = curve_field(runs)
-        drawn = _curves_panel(ax, groups, names, fld, styles, order)
+        drawn = curves_panel(ax, groups, names, fld, styles, order)
         if drawn:
             fields.add(fld)
         else:
@@ -136,7 +136,7 @@ def _style(name, styles: dict, order: list) -> tuple:
             style.get("marker", MARKERS[i % len(MARKERS)]))
 
 
-def _curves_panel(ax, groups: dict, names: list, fld: str, styles: dict, order: list) -> bool:
+def curves_panel(ax, groups: dict, names: list, fld: str, styles: dict, order: list) -> bool:
     """Each setting's per-epoch curve; False when no setting has a curve to draw."""
     drawn = False
     for name in names:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from ..stats import Family, Stat
 from ...config.choices import EXPERIMENTS, FINETUNE_MODES
-from .data import (Part, Section, curve, curve_field, join, metric_label, paper_vs_ours,
+from .data import (Part, Section, curve_field, join, metric_label, paper_vs_ours,
                    stat_of)
 from .baselines import reference_lines
-from .figures import band, collect_legend, fig_name, finals_panel, pyplot, save, suptitle
+from .figures import collect_legend, curves_panel, fig_name, finals_panel, pyplot, save, suptitle
 
 def _label(mode: str) -> str:
     return FINETUNE_MODES[mode].label if mode in FINETUNE_MODES else mode
@@ -52,9 +52,9 @@ def _figure(part: Part, out: Path, tasks: list, modes: list, kinds: list) -> Pat
         tdone = part.done(task)
         fld = curve_field(tdone)
         fields.add(fld)
-        finals = finals or not any(len(curve([r], fld)[0]) for r in tdone)
         for j, kind in enumerate(kinds):
-            _panel(axes[i][j], tdone, task, kind, modes, fld, metric_label(tdone))
+            if not _panel(axes[i][j], tdone, task, kind, modes, fld, metric_label(tdone)):
+                finals = True
     seeds = max(len({r.seed for r in part.done(t)}) for t in tasks)
     which = "test" if fields == {"test_metric"} else "validation"
     suptitle(fig, "RQ3 freezing in fine-tuning: trained (aligned) vs untrained embedder\n"
@@ -65,35 +65,27 @@ def _figure(part: Part, out: Path, tasks: list, modes: list, kinds: list) -> Pat
     return save(fig, out / fig_name("rq3", part), collect_legend(list(axes.flat)))
 
 
-def _panel(ax, tdone: list, task: str, kind: str, modes: list, fld: str, metric: str) -> None:
+def _panel(ax, tdone: list, task: str, kind: str, modes: list, fld: str, metric: str) -> bool:
     """One mode per line; a task whose runs recorded no per-epoch metric (no validation split)
-    gets each mode's final test metric instead (`figures.finals_panel`)."""
-    groups, styles, drawn = {}, {}, False
+    gets each mode's final test metric instead. Returns whether any curve was drawn."""
+    groups, styles = {}, {}
     for mode in modes:
         runs = [r for r in tdone if _embedder(r) == kind and r.config["train"]["finetune"] == mode]
-        if not runs:
-            continue
-        color, marker, ls = FINETUNE_MODES[mode].style if mode in FINETUNE_MODES else \
-            ("#7f7f7f", "o", "-")
-        groups[_label(mode)] = runs
-        styles[_label(mode)] = {"color": color, "marker": marker, "ls": ls}
-        xs, m, s = curve(runs, fld)
-        if not len(xs):
-            continue
-        ax.plot(xs, m, ls=ls, marker=marker, color=color, ms=5, lw=1.8, label=_label(mode))
-        if len(runs) > 1:
-            band(ax, xs, m, s, color)
-        drawn = True
+        if runs:
+            color, marker, ls = FINETUNE_MODES[mode].style if mode in FINETUNE_MODES else \
+                ("#7f7f7f", "o", "-")
+            groups[_label(mode)] = runs
+            styles[_label(mode)] = {"color": color, "marker": marker, "ls": ls}
+    names = list(groups)
+    drawn = curves_panel(ax, groups, names, fld, styles, names)
+    if not drawn and groups:
+        finals_panel(ax, groups, names, styles, names)
     ax.set_title(f"{task}: {kind} embedder")
-    if drawn:
-        ax.set_xlabel("fine-tuning epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    elif groups:
-        finals_panel(ax, groups, list(groups), styles, list(groups))
     which = "test" if fld == "test_metric" or not drawn else "validation"
     ax.set_ylabel(f"{which} {metric}\n(lower is better)")
     ax.tick_params(labelleft=True)
     ax.grid(alpha=0.3)
+    return drawn
 
 
 def _rows(part: Part, tasks: list, stats: dict, modes: list, fam: Family) -> list:
