@@ -205,3 +205,19 @@ def test_the_bodys_input_embedding_is_not_trained_counted_or_saved(tmp_path):
                        for k, v in initial.body.model.embeddings.state_dict().items()}}
     save_file(full, str(path))
     np.testing.assert_array_equal(load_run(result.run_dir, "cpu").outputs(x), before)
+
+
+@pytest.mark.parametrize("body", ["vit-tiny-random", "swin-tiny-random"])
+def test_lora_adapts_the_attention_of_vision_bodies(body):
+    """transformers 5 names ViT's and Swin's projections q_proj / v_proj: LoRA must find them
+    (it found none before, and LoRA on a vision body failed)."""
+    from xmodal.model.finetune import apply_finetune_mode, trainable_summary
+    cfg = load_config(overrides={**TINY, "body.name": body, "body.num_layers": None,
+                                 "embedder.seq_len": 16})
+    model = build_model(load_task(cfg.task).spec, cfg.body, cfg.embedder, 0)[0]
+    want = lora_count(model.body, 4)
+    model = apply_finetune_mode(model, "lora", 4)
+    adapters = [n for n, p in model.body.named_parameters() if p.requires_grad]
+    assert adapters and all("lora_" in n for n in adapters)
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in adapters} == {"q_proj", "v_proj"}
+    assert trainable_summary(model)["body_trainable"] == want > 0

@@ -17,7 +17,9 @@ from .crossmodal import CrossModalModel
 ATTENTION_KEYS = ("query", "key", "value", "q_proj", "k_proj", "v_proj", "qkv",
                   "q_lin", "k_lin", "v_lin")   # the last three: DistilBERT
 LORA_TARGETS = {"text": ["query", "value", "q_lin", "v_lin"],  # q_lin / v_lin: DistilBERT
-                "vit": ["query", "value"], "swin": ["query", "value"]}
+                # transformers 5 names ViT and Swin projections q_proj / v_proj (4.x: query / value)
+                "vit": ["query", "value", "q_proj", "v_proj"],
+                "swin": ["query", "value", "q_proj", "v_proj"]}
 
 
 def _is_norm(name: str) -> bool:
