@@ -201,8 +201,7 @@ def cmd_nb360(args) -> int:
         names = ", ".join(str(p.relative_to(folder)) for p in paths)
         print(f"{what:22s} {size:6.1f} MB  {names}")
     print(f"\nsynthetic NAS-Bench-360 files (seeded noise, published formats) in {folder}: use "
-          f"--set task.data_dir={folder} --set align.proxy_dir={folder}; darcy-nb360 also "
-          "needs --set task.options.n_train=10 --set task.options.n_test=5")
+          f"--set task.data_dir={folder} --set align.proxy_dir={folder}")
     return 0
 
 

@@ -17,6 +17,7 @@ from ..types import TaskData, TaskSpec
 from .files import bad_file, find_file
 
 
+FIXTURE_MARKER = "xmodal-fixtures.json"   # written by `xmodal nb360 fixtures`
 DARCY_FILES = {"train": "piececonst_r421_N1024_smooth1.mat",
                "test": "piececonst_r421_N1024_smooth2.mat"}
 
@@ -48,6 +49,20 @@ def _mat_field_v5(path: Path, field: str, n: int, step: int, cache: dict) -> np.
     return np.ascontiguousarray(arr[:n, ::step, ::step])
 
 
+def fixture_counts(folder: Path) -> dict:
+    """The sample counts of `xmodal nb360 fixtures` files ({} for real files): the fixtures
+    hold 10 and 5 fields, not the published 1000 and 100, and say so in FIXTURE_MARKER."""
+    import json
+    path = folder / FIXTURE_MARKER
+    if not path.is_file():
+        return {}
+    try:
+        counts = json.loads(path.read_text()).get("darcy-nb360") or {}
+    except (OSError, ValueError, AttributeError):
+        raise bad_file(path, "the JSON that `xmodal nb360 fixtures` writes", "unreadable") from None
+    return {k: int(counts[k]) for k in ("n_train", "n_test") if k in counts}
+
+
 def read_darcy_mat(path: Path, n: int, step: int) -> tuple[np.ndarray, np.ndarray]:
     """First `n` samples of `coeff` and `sol`, subsampled [::step, ::step], as float32."""
     import h5py
@@ -74,12 +89,13 @@ def read_darcy_mat(path: Path, n: int, step: int) -> tuple[np.ndarray, np.ndarra
                    source="piececonst_r421_N1024_smooth{1,2}.mat",
                    published_sizes=(900, 100, 100)))
 def _darcy_nb360(cfg: TaskConfig) -> TaskData:
-    opt = read_options(cfg, {"n_train": 1000, "n_test": 100, "sub": 5})
-    if min(opt.values()) < 1:
-        raise UserError(f"task '{cfg.name}': options n_train, n_test and sub must be >= 1")
     holds = "fields 'coeff' and 'sol' of shape (N, 421, 421) (MATLAB v5 or v7.3)"
     trp = find_file(cfg, "darcy-nb360", DARCY_FILES["train"], holds)
     tep = find_file(cfg, "darcy-nb360", DARCY_FILES["test"], holds)
+    opt = read_options(cfg, {"n_train": 1000, "n_test": 100, "sub": 5,
+                             **fixture_counts(trp.parent)})
+    if min(opt.values()) < 1:
+        raise UserError(f"task '{cfg.name}': options n_train, n_test and sub must be >= 1")
     coeff, sol = read_darcy_mat(trp, opt["n_train"], opt["sub"])
     test = read_darcy_mat(tep, opt["n_test"], opt["sub"])
     k = split_tail(opt["n_train"], cfg.val_fraction, cfg.name)

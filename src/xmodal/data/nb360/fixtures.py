@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from ...io.artifacts import atomic_write
-from .fields import DARCY_FILES
+from .fields import DARCY_FILES, FIXTURE_MARKER
 
 CIFAR100_DIR, CIFAR10_DIR = "cifar-100-python", "cifar-10-batches-py"
 ECG_CLASSES = ("N", "A", "O", "~")
@@ -102,9 +102,12 @@ def write_ninapro(folder: Path, sizes: tuple = (72, 36, 36), seed: int = 0) -> l
 def write_darcy(folder: Path, n_train: int = 10, n_test: int = 5, seed: int = 0,
                 resolution: int = 421) -> list:
     """piececonst_r421_N1024_smooth{1,2}.mat (MATLAB v5): 'coeff' piecewise constant (3 or 12)
-    and 'sol' (N, 421, 421) float64. Set task.options.n_train / n_test to at most these."""
+    and 'sol' (N, 421, 421) float64, and the marker file (`fields.FIXTURE_MARKER`) from which
+    the loader takes these sample counts as its default n_train / n_test."""
+    import json
     import scipy.io
-    files = []
+    files = [_save(Path(folder) / FIXTURE_MARKER, lambda fh: fh.write(json.dumps(
+        {"darcy-nb360": {"n_train": n_train, "n_test": n_test}}).encode()))]
     for i, (split, n) in enumerate((("train", n_train), ("test", n_test))):
         rng = _rng(seed, 40 + i)
         coeff = np.where(rng.normal(size=(n, resolution, resolution)) > 0, 12.0, 3.0)
