@@ -33,6 +33,7 @@ from ..model.finetune import apply_finetune_mode, trainable_summary
 from ..ot.sinkhorn import sinkhorn_notes
 from ..stages.device import resolve_device, resolve_precision
 from ..stages.evaluate import evaluate
+from ..stages.memory import PeakMemory
 from ..stages.metrics import METRIC_LABELS
 from ..stages.training import LoaderOptions, Trainer, best_model, read_resume
 from .folder import RunFolder, Summary
@@ -105,22 +106,25 @@ def _fit_model(resolved: Resolved, checked: "Preflight", folder: RunFolder, snap
     cfg, device, data = resolved.config, checked.device, checked.data
     summary = _base_summary(cfg, data, folder, device, checked.notes)
     trainer = None
+    peak = PeakMemory(device, checked.model)
     try:
-        summary.align = _align(resolved, checked.model, data, device, folder, progress, log)
-        model = apply_finetune_mode(checked.model, cfg.train.finetune, cfg.train.lora_rank)
-        summary.parameters = trainable_summary(model)
-        _log_start(log, folder, data, cfg, summary.parameters)
-        trainer = _trainer(cfg, model, data, device, folder, progress, log, stop)
-        summary.budget = dataclasses.asdict(trainer.budget)
-        if trainer.cached:
-            summary.notes = [*summary.notes, "embedder and body frozen: their outputs were "
-                             "computed once in eval mode and cached (train.cache_frozen)"]
-        if trainer.load_resume(snapshot):
-            log(f"resuming {folder.name} after epoch {trainer.state.epoch}")
-        state = trainer.run()
+        with peak:
+            summary.align = _align(resolved, checked.model, data, device, folder, progress, log)
+            model = apply_finetune_mode(checked.model, cfg.train.finetune, cfg.train.lora_rank)
+            summary.parameters = trainable_summary(model)
+            _log_start(log, folder, data, cfg, summary.parameters)
+            trainer = _trainer(cfg, model, data, device, folder, progress, log, stop)
+            summary.budget = dataclasses.asdict(trainer.budget)
+            if trainer.cached:
+                summary.notes = [*summary.notes, "embedder and body frozen: their outputs were "
+                                 "computed once in eval mode and cached (train.cache_frozen)"]
+            if trainer.load_resume(snapshot):
+                log(f"resuming {folder.name} after epoch {trainer.state.epoch}")
+            state = trainer.run()
+            _final_eval(summary, model, state, data, cfg, device, folder, progress)
     except RunFailed as exc:
         return _failed(folder, summary, exc, started, trainer, log)
-    _final_eval(summary, model, state, data, cfg, device, folder, progress)
+    summary.step_seconds, summary.peak_memory = trainer.step_seconds(), peak.result()
     summary.seconds = time.time() - started
     folder.write_summary(summary)
     folder.resume.unlink(missing_ok=True)

@@ -53,6 +53,8 @@ class Summary:
     test_metric_last: Optional[float] = None
     last_val_metric: Optional[float] = None
     epochs: Optional[int] = None
+    step_seconds: Optional[float] = None       # median seconds per optimizer step (training.py)
+    peak_memory: Optional[dict] = None         # {"bytes", "how"}: stages/memory.py
     extra: dict = field(default_factory=dict)  # metric details (e.g. per-label AUROC)
 
     def to_dict(self) -> dict:
@@ -80,7 +82,8 @@ class Summary:
         return cls(**known, extra={k: v for k, v in blob.items() if k not in names})
 
 
-_MODEL_FIELDS = ("parameters", "embedder_init", "align", "precision", "budget")
+_MODEL_FIELDS = ("parameters", "embedder_init", "align", "precision", "budget", "step_seconds",
+                 "peak_memory")
 _EVAL_FIELDS = ("best_epoch", "best_val_metric", "test_metric_best", "test_metric_last",
                 "last_val_metric", "epochs")
 

@@ -34,6 +34,8 @@ from .frozen import CACHE_LIMIT_BYTES, OnFeatures, body_outputs, feature_bytes, 
 from .metrics import make_loss
 from .optim import make_optimizer, make_scheduler, resolve_budget
 
+TIMED_STEPS = 20   # optimizer steps timed per run (on CUDA each of them waits for the device)
+
 
 def read_resume(path: Path) -> Optional[dict]:
     """The snapshot in `path` (None when absent), read with `weights_only=True`: tensors and
@@ -92,6 +94,7 @@ class Trainer:
         self._decode = self._make_decoder() if data.spec.kind == "dense" else None
         self.net, self.x_train, self.x_val = self._inputs()
         self.cached = self.net is not self.model
+        self.step_times: list[float] = []   # seconds of the first TIMED_STEPS optimizer steps
 
     def _inputs(self) -> tuple:
         """(the module that trains, train inputs, validation inputs): the predictor on cached
@@ -219,6 +222,7 @@ class Trainer:
         sync_every = 1 if self.device.type == "cpu" else 25
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         count, checked = 0, 0
+        group_t0 = time.perf_counter()
         for i, (xb, yb) in enumerate(bar):
             loss = self._step_loss(xb, yb)
             total += loss.detach().double() * len(xb)
@@ -235,6 +239,8 @@ class Trainer:
             (loss / min(tc.accumulate, self.n_batches - group_start)).backward()
             if (i + 1) % tc.accumulate == 0 or i + 1 == self.n_batches:
                 self._optimizer_step()
+                self._time_step(group_t0)
+                group_t0 = time.perf_counter()
         bar.close()
         return total.item() / count
 
@@ -248,6 +254,21 @@ class Trainer:
         if self._decode is not None:
             out, yb = self._decode(out), self._decode(yb)
         return self.loss_fn(out, yb)
+
+    def _time_step(self, started: float) -> None:
+        """Record the optimizer step that began at `started` (data loading, forward and
+        backward of its batches, the update), for the first TIMED_STEPS steps."""
+        if len(self.step_times) >= TIMED_STEPS:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.step_times.append(time.perf_counter() - started)
+
+    def step_seconds(self) -> Optional[float]:
+        """Seconds per optimizer step: the median of the timed steps after the first (which
+        pays for lazy initialisation), or the first when it is the only one."""
+        times = self.step_times[1:] or self.step_times
+        return float(np.median(times)) if times else None
 
     def _optimizer_step(self) -> None:
         if self.tc.clip:
