@@ -64,3 +64,10 @@ def test_a_folder_that_holds_files_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "not empty" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+def test_darcy_preset_counts_are_capped_at_what_the_fixtures_hold(fixtures):
+    """The nb360/darcy preset asks for 1000 / 100 fields; the fixtures hold 10 / 5."""
+    data = load_task(TaskConfig(name="darcy-nb360", data_dir=str(fixtures),
+                                options={"n_train": 1000, "n_test": 100}))
+    assert len(data.x_train) + len(data.x_val) == 10 and len(data.x_test) == 5

@@ -14,11 +14,11 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _config(task, seed, proxy="none", epochs=4, from_epoch=None, finetune="all",
-            pretrained=True, body="minilm"):
+            pretrained=True, body="minilm", lora_rank=8):
     return {"task": {"name": task}, "run": {"seed": seed},
             "align": {"proxy": proxy, "epochs": epochs if proxy != "none" else 0,
                       "from_epoch": from_epoch},
-            "train": {"finetune": finetune, "epochs": 3},
+            "train": {"finetune": finetune, "epochs": 3, "lora_rank": lora_rank},
             "body": {"name": body, "pretrained": pretrained}}
 
 
@@ -29,7 +29,7 @@ class Builder:
         self.store = Store(path, create=True)
         self.n = 0
 
-    def add(self, part, experiment, task, values, labels, trace=None, **cfg):
+    def add(self, part, experiment, task, values, labels, trace=None, trainable=None, **cfg):
         for seed, value in enumerate(values):
             rid = f"r{self.n:04d}"
             self.n += 1
@@ -37,7 +37,9 @@ class Builder:
                         "lr": 1e-4, "seconds": 0.1} for e in (1, 2, 3)]
             summary = {"metric": "error", "metric_label": "0-1 error", "best_epoch": 3,
                        "best_val_metric": value, "test_metric_best": value,
-                       "test_metric_last": value + 0.01, "parameters": {"total": 1},
+                       "test_metric_last": value + 0.01,
+                       "parameters": {"total": 1, **({} if trainable is None else
+                                                     {"trainable": trainable})},
                        "align": None if trace is None else {"trace": trace(seed)}}
             self.store.register({"name": "synthetic", "description": "numbers chosen by hand"},
                                 [{"id": rid, "task": task, "seed": seed,
@@ -554,3 +556,32 @@ def test_rq3_panel_without_per_epoch_metrics_shows_each_modes_final_test():
         (_x, y), = c.lines[0].get_xydata()
         assert y == pytest.approx(np.mean(vals))
     assert ax.get_ylabel().startswith("test ")
+
+
+def test_rq5_compares_each_scope_with_full_fine_tuning(tmp_path):
+    """RQ5: the table puts each setting's trainable parameters next to its error, the figure
+    plots one against the other, and every setting is decided against full fine-tuning."""
+    b = Builder(tmp_path)
+    for label, mode, rank, values, n in (
+            ("full fine-tuning", "all", 8, [0.10, 0.11, 0.12], 1_500_000),
+            ("LoRA r=4", "lora", 4, [0.30, 0.32, 0.33], 20_000),
+            ("LayerNorm only", "layernorm", 8, [0.105, 0.10, 0.125], 9_000)):
+        b.add("scope", "scope", "digits", values, {"label": label, "variant": label},
+              proxy="text", finetune=mode, lora_rank=rank, trainable=n)
+    b.store.close()
+    md = write_report(tmp_path).read_text()
+    section = md.split("## RQ5")[1].split("\n## ")[0]
+    assert (tmp_path / "report" / "rq5-scope.png").read_bytes()[:8] == PNG
+    rows = {line.split(" | ")[1]: line for line in section.splitlines()
+            if line.startswith("| digits |")}
+    assert "1,500,000" in rows["full fine-tuning"] and "20,000" in rows["LoRA r=4"]
+    comps = {c["a"]: c for c in json.loads(
+        (tmp_path / "report" / "verdicts.json").read_text())["comparisons"]
+        if c["question"] == "rq5"}
+    assert set(comps) == {"LoRA r=4", "LayerNorm only"}
+    assert {c["b"] for c in comps.values()} == {"full fine-tuning"}
+    assert comps["LoRA r=4"]["verdict"] == "higher"
+    assert comps["LayerNorm only"]["verdict"] == "inconclusive"   # no margin fixed: no "equivalent"
+    p = sps.ttest_rel([0.30, 0.32, 0.33], [0.10, 0.11, 0.12]).pvalue
+    assert comps["LoRA r=4"]["p"] == pytest.approx(min(1.0, 2 * p), rel=1e-6)  # Holm over 2
+    assert "higher error: LoRA r=4" in section

@@ -29,13 +29,8 @@ TINY = {"task": {"max_train": 40, "max_test": 40},
 
 
 @pytest.fixture(autouse=True)
-def _env(tmp_path, monkeypatch):
-    import torch
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("XMODAL_CACHE", str(tmp_path / "xcache"))
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)  # TINY sets run.threads=1 (fast under load); undo it
+def _env(offline_env):
+    """conftest.py's offline_env for every test here."""
 
 
 def _spec(**extra):
@@ -198,7 +193,10 @@ def test_paper_proxy_uses_the_papers_proxies_per_modality(tmp_path):
 def test_demo_covers_all_four_experiments_and_shares_runs(tmp_path):
     plan = study.expand(study.load_spec("demo"), tmp_path)
     parts = {m[1] for r in plan.runs for m in r.members}
-    assert parts == {"proxy", "align-epochs", "freezing", "pretraining", "baselines"}
+    assert parts == {"proxy", "align-epochs", "freezing", "pretraining", "scope", "baselines"}
+    # RQ5's full fine-tuning and frozen body are RQ3's runs (all / freeze-body, trained)
+    shared = [r for r in plan.runs if {"scope", "freezing"} <= {m[0] for m in r.members}]
+    assert {r.config.train.finetune for r in shared} == {"all", "freeze-body"}
     from xmodal.data.registry import REGISTRY
     modalities = {REGISTRY[r.task].spec.modality for r in plan.runs}
     assert modalities == {"1d", "2d"}

@@ -255,6 +255,15 @@ def _study_parser(sub) -> None:
     run.add_argument("--gpu-tflops", type=_positive_float, default=None, metavar="X",
                      help="with --dry-run: the sustained GPU throughput the GPU-hours assume, "
                           "in TFLOP/s (default 100)")
+    run.add_argument("--smoke", action="store_true",
+                     help="smoke mode: every distinct configuration once (first seed) at its real "
+                          "architecture, token count, image size and batch size, with random "
+                          "body weights, for 2 optimizer steps and at most 1 embedder epoch; "
+                          "records time per step and peak memory, then writes the report "
+                          "(a folder of its own; docs/studies.md, 'Smoke mode')")
+    run.add_argument("--smoke-from", metavar="DIR", default=None,
+                     help="with --dry-run: add each run's peak memory and seconds per step "
+                          "measured by a smoke run of the same study in DIR")
     run.add_argument("--quiet", action="store_true", help="no progress or summary lines; "
                      "only failures are reported (on stderr)")
     st = _command(ssub, "status", "counts and failures of a study folder",

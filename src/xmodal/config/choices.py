@@ -108,6 +108,7 @@ EXPERIMENTS: dict[str, Experiment] = {
     "align-epochs": Experiment("RQ2: does more embedder training (lower OTDD) give lower error?"),
     "freezing": Experiment("RQ3: which components need fine-tuning?"),
     "pretraining": Experiment("RQ4: how much does the body's pre-training matter?"),
+    "scope": Experiment("RQ5: how much of the model must change in fine-tuning?"),
     "custom": Experiment("Custom study"),
     "baselines": Experiment("Domain baselines: does cross-modal fine-tuning beat the obvious method?"),
 }

@@ -18,6 +18,7 @@ from .export import export_csv as _write_csv
 from .liveness import token_alive
 from .plan import Plan, expand
 from .runner import fmt_seconds, run_study
+from .smoke import fits, measured, smoke_plan
 from .spec import builtin_names, is_preset_name, load_spec, parts_of
 from .store import Store
 
@@ -130,13 +131,15 @@ def list_text() -> str:
         lines.append(f"  {name:<18} {body[0]}")
         lines += [f"  {'':<18} {line}" for line in body[1:]]
     lines.append("Options: --tasks a,b  --seeds 0,1  --set key=value  --workers N  --dry-run  "
-                 "--ray ADDRESS. See docs/studies.md for the spec format.")
+                 "--smoke  --ray ADDRESS. See docs/studies.md for the spec format.")
     return "\n".join(lines)
 
 
-def plan_text(plan: Plan, tflops: float = GPU_TFLOPS) -> str:
-    """`study run --dry-run`: one line per planned run (task, body, variant, seed), how the
-    GPU-hours were estimated (`study/costs.py`), the run count and the estimate."""
+def plan_text(plan: Plan, tflops: float = GPU_TFLOPS,
+              measured: Optional[dict] = None) -> str:
+    """`study run --dry-run`: one line per planned run (task, body, variant, seed; with
+    `measured`, `smoke.measured`'s peak memory and seconds per step), how the GPU-hours were
+    estimated (`study/costs.py`), the run count and the estimate."""
     rows = []
     for r in plan.runs:
         labels = [m[2].get("label") for m in r.members if m[2].get("label")]
@@ -144,12 +147,17 @@ def plan_text(plan: Plan, tflops: float = GPU_TFLOPS) -> str:
         body = r.config.body.name + ("" if r.config.body.pretrained else " (random init)")
         if r.config.baseline.method != NO_BASELINE:
             body = "baseline"
-        rows.append((r.task, body, what, f"seed {r.seed}"))
+        seed = f"seed {r.seed}"
+        if measured is not None:
+            seed += "  " + _measured_text(measured.get(r.id), r.config.baseline.method)
+        rows.append((r.task, body, what, seed))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3]
              for row in rows]
     cost = plan_cost(plan, tflops)
     lines.append(cost_text(cost, len(plan.runs)))
+    if measured is not None:
+        lines.append(memory_text(measured, plan))
     estimate = (f"about {cost.hours:.0f} GPU-hours" if cost.hours >= 10
                 else f"about {cost.hours:.1f} GPU-hours")
     estimate = "no GPU-hours estimate" if cost.unknown == len(plan.runs) else estimate
@@ -158,6 +166,29 @@ def plan_text(plan: Plan, tflops: float = GPU_TFLOPS) -> str:
                  f"dry run: nothing was trained or written")
     lines += [f"note: {n}" for n in plan.notes]
     return "\n".join(lines)
+
+
+def _measured_text(row: Optional[dict], method: str) -> str:
+    if method != NO_BASELINE:
+        return "(CPU baseline)"
+    if row is None:
+        return "(no smoke run)"
+    peak = row["peak_bytes"]
+    mem = "peak ?" if peak is None else f"peak {peak / 1e9:.1f} GB ({fits(peak)} card)"
+    step = row["real_step_seconds"]
+    return mem + ("" if step is None else f", {step:.1f} s/step on the smoke machine")
+
+
+def memory_text(measured: dict, plan: Plan) -> str:
+    """The largest measured peak and how many runs have a measurement."""
+    model_runs = [r for r in plan.runs if r.config.baseline.method == NO_BASELINE]
+    peaks = [row["peak_bytes"] for row in measured.values() if row["peak_bytes"] is not None]
+    got = f"peak memory measured for {len(measured)} of {len(model_runs)} fine-tuning runs"
+    if not peaks:
+        return got
+    how = next(row["peak_how"] for row in measured.values() if row["peak_bytes"] is not None)
+    return (f"{got}; the largest {max(peaks) / 1e9:.1f} GB needs a {fits(max(peaks))} card "
+            f"(with 20% headroom; measured as {how})")
 
 
 def cost_text(cost: PlanCost, runs: int) -> str:
@@ -187,8 +218,15 @@ def cli(args) -> int:
         _check_task_names(tasks)
         plan = expand(load_spec(args.spec), args.out, tasks=tasks, seeds=_seeds(args.seeds),
                       overrides=list(args.set or []))
-        print(plan_text(plan, getattr(args, "gpu_tflops", None) or GPU_TFLOPS))
+        if getattr(args, "smoke", False):
+            plan = smoke_plan(plan)
+        smoke_dir = getattr(args, "smoke_from", None)
+        found = measured(plan, smoke_dir) if smoke_dir else None
+        print(plan_text(plan, getattr(args, "gpu_tflops", None) or GPU_TFLOPS, found))
         return 0
+    if cmd == "run" and getattr(args, "smoke_from", None):
+        raise UserError("--smoke-from goes with --dry-run (it reads a smoke study's "
+                        "measurements into the plan); drop it or add --dry-run")
     if cmd == "run":
         tasks = _split(args.tasks)
         _check_task_names(tasks)
@@ -198,7 +236,8 @@ def cli(args) -> int:
                             ray=getattr(args, "ray", None),
                             ray_cpus=getattr(args, "ray_cpus", None),
                             ray_gpus=getattr(args, "ray_gpus", None),
-                            fresh=args.fresh, quiet=args.quiet, progress=not args.quiet)
+                            fresh=args.fresh, quiet=args.quiet, progress=not args.quiet,
+                            smoke=getattr(args, "smoke", False))
         msg = (f"study finished: {outcome.done}/{outcome.total} runs done, "
                f"{len(outcome.failed)} failed, {fmt_seconds(outcome.seconds)} "
                f"({outcome.skipped} were already done)")
@@ -209,6 +248,12 @@ def cli(args) -> int:
         if outcome.failed:
             print(f"see `xmodal study status {args.out}`; re-running the same command retries "
                   f"failed runs", file=sys.stderr)
+        if getattr(args, "smoke", False) and outcome.done:
+            from .report import write_report
+            path = write_report(args.out)
+            if not args.quiet:
+                print(f"smoke report: {path} (section 'Smoke run': peak memory and seconds per "
+                      f"step of each run)", file=sys.stderr)
         return 0 if outcome.ok else 1
     if cmd == "status":
         text, n_failed = status_text(args.dir)

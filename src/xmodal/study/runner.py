@@ -139,31 +139,55 @@ def run_study(spec: str | Path | dict, out: str | Path, *, tasks: Optional[list[
               seeds: Optional[list[int]] = None, overrides: Optional[list[str]] = None,
               workers: Optional[int] = None, fresh: bool = False, quiet: bool = False,
               progress: bool = True, ray: Optional[str] = None,
-              ray_cpus: Optional[float] = None, ray_gpus: Optional[float] = None) -> Outcome:
+              ray_cpus: Optional[float] = None, ray_gpus: Optional[float] = None,
+              smoke: bool = False) -> Outcome:
     """Run (or resume) a study into folder `out`. Returns an `Outcome`; never raises for
     failed runs (they are stored as failed). `workers` None: the spec's `workers` (else 1).
 
     `ray`: run on a Ray cluster instead (`cluster.RayPool`; address auto, HOST:PORT,
     ray://HOST:PORT or local), `ray_cpus` / `ray_gpus` (default 1 / 0) per run; `workers` is
-    then the number of runs in flight (None: as many as the cluster holds at once)."""
+    then the number of runs in flight (None: as many as the cluster holds at once).
+
+    `smoke`: run `smoke.smoke_plan(plan)` instead (every distinct configuration, one seed, a
+    few optimizer steps; no sequential seeding) into a folder that holds only smoke runs."""
     out = study_folder(out)
     if ray is not None:
         return _run_study_ray(spec, out, tasks, seeds, overrides, workers, fresh, quiet,
-                              progress, ray, ray_cpus, ray_gpus)
+                              progress, ray, ray_cpus, ray_gpus, smoke)
     if ray_cpus is not None or ray_gpus is not None:
         raise UserError("--ray-cpus and --ray-gpus need --ray ADDRESS")
     spec = load_spec(spec)
     workers = spec.get("workers", 1) if workers is None else workers
     if workers < 1:
         raise UserError("--workers must be >= 1")
-    plan = expand(spec, out, tasks, seeds, overrides)  # before touching the folder
+    plan = _plan(spec, out, tasks, seeds, overrides, smoke)  # before touching the folder
     prepare_dir(out, fresh)
-    store = Store(out, create=True)
+    store = _open_store(out, smoke)
     try:
-        return _run_rounds(plan, store, out, tasks, overrides, quiet, seeds is None,
+        return _run_rounds(plan, store, out, tasks, overrides, quiet, seeds is None and not smoke,
                            lambda p: _run_plan(p, store, out, workers, quiet, progress))
     finally:
         store.close()
+
+
+def _plan(spec: dict, out: Path, tasks, seeds, overrides, smoke: bool) -> Plan:
+    plan = expand(spec, out, tasks, seeds, overrides)
+    if not smoke:
+        return plan
+    from .smoke import smoke_plan
+    return smoke_plan(plan)
+
+
+def _open_store(out: Path, smoke: bool) -> Store:
+    """The study's store, refused when it holds the other kind (smoke vs real) of runs."""
+    from .smoke import check_folder_kind
+    store = Store(out, create=True)
+    try:
+        check_folder_kind(store.studies(), smoke, out)
+    except UserError:
+        store.close()
+        raise
+    return store
 
 
 def _run_rounds(plan: Plan, store: Store, out: Path, tasks, overrides, quiet: bool,
@@ -193,7 +217,7 @@ def _run_rounds(plan: Plan, store: Store, out: Path, tasks, overrides, quiet: bo
 
 
 def _run_study_ray(spec, out, tasks, seeds, overrides, workers, fresh, quiet, progress,
-                   address, cpus, gpus) -> Outcome:
+                   address, cpus, gpus, smoke: bool = False) -> Outcome:
     """`run_study` on a Ray cluster. The spec's `workers` key (a local process count) is not
     used; the driver (this process) alone writes the store, as with local workers."""
     from . import cluster
@@ -202,17 +226,18 @@ def _run_study_ray(spec, out, tasks, seeds, overrides, workers, fresh, quiet, pr
         raise UserError("--workers must be >= 1")
     spec = load_spec(spec)
     out = Path(out).expanduser().resolve()
-    plan = expand(spec, out, tasks, seeds, overrides)  # before connecting or touching the folder
+    plan = _plan(spec, out, tasks, seeds, overrides, smoke)  # before connecting or touching it
     pool = cluster.RayPool(address, 1.0 if cpus is None else cpus,
                            0.0 if gpus is None else gpus, quiet=quiet)
     try:
         workers = pool.slots() if workers is None else workers
         prepare_dir(out, fresh)
         warnings = pool.check_folder(out)
-        store = Store(out, create=True)
+        store = _open_store(out, smoke)
         try:
             notes = [pool.describe()] + warnings
-            return _run_rounds(plan, store, out, tasks, overrides, quiet, seeds is None,
+            return _run_rounds(plan, store, out, tasks, overrides, quiet,
+                               seeds is None and not smoke,
                                lambda p: _run_plan(p, store, out, workers, quiet, progress,
                                                    runner=pool, notes=notes))
         finally:
@@ -238,9 +263,10 @@ def _run_plan(plan: Plan, store: Store, out: Path, workers: int, quiet: bool,
     for note in (notes or []) + plan.notes:
         console.line(f"note: {note}")
     owned = runner is None     # a runner handed in (Ray) is closed by whoever made it
-    if owned:
-        runner = _InProcess(progress and not quiet) if workers == 1 else \
-            _Pool(workers, max(1, available_cores() // workers))
+    if owned:   # smoke runs: a fresh process each, so that each peak memory is its own
+        fresh = bool(plan.spec.get("smoke"))
+        runner = _InProcess(progress and not quiet) if workers == 1 and not fresh else \
+            _Pool(workers, max(1, available_cores() // workers), one_run_each=fresh)
     loop = _Loop(plan, store, out, workers, runner, console, close_runner=owned)
     loop.run()
     final = store.statuses()
@@ -392,22 +418,32 @@ class _InProcess:
 
 
 class _Pool:
-    """N spawned worker processes (concurrent.futures). A worker that dies breaks the pool: the
-    runs in flight at that moment are stored as failed (retried on the next invocation) and a
-    new pool takes the remaining runs."""
+    """N spawned worker processes (concurrent.futures; `one_run_each`: a new process per run).
+    A worker that dies breaks the pool: the runs in flight at that moment are stored as failed
+    (retried on the next invocation) and a new pool takes the remaining runs."""
 
-    def __init__(self, workers: int, threads: int):
+    def __init__(self, workers: int, threads: int, one_run_each: bool = False):
         self.workers, self.threads = workers, threads
+        self.one_run_each = one_run_each   # a new process for every run
         self.progress = False
         self.futures: dict = {}
         self.pool = self._new()
 
     def _new(self):
-        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
-        return ProcessPoolExecutor(max_workers=self.workers,
-                                   mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=worker_init, initargs=(self.threads,))
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=self._context(),
+                                   initializer=worker_init, initargs=(self.threads,),
+                                   max_tasks_per_child=1 if self.one_run_each else None)
+
+    def _context(self):
+        """spawn; for a process per run on Linux, forkserver with xmodal's imports preloaded
+        (a run then starts in well under a second instead of re-importing torch)."""
+        import multiprocessing
+        if not (self.one_run_each and sys.platform.startswith("linux")):
+            return multiprocessing.get_context("spawn")
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["xmodal.runs.fit", "xmodal.study.execute"])
+        return ctx
 
     def submit(self, run_id: str, job: dict) -> None:
         from concurrent.futures.process import BrokenProcessPool

@@ -51,7 +51,8 @@ def _mat_field_v5(path: Path, field: str, n: int, step: int, cache: dict) -> np.
 
 def fixture_counts(folder: Path) -> dict:
     """The sample counts of `xmodal nb360 fixtures` files ({} for real files): the fixtures
-    hold 10 and 5 fields, not the published 1000 and 100, and say so in FIXTURE_MARKER."""
+    hold 10 and 5 fields, not the published 1000 and 100, and say so in FIXTURE_MARKER; the
+    loader caps n_train / n_test (the preset's too) at them."""
     import json
     path = folder / FIXTURE_MARKER
     if not path.is_file():
@@ -92,8 +93,9 @@ def _darcy_nb360(cfg: TaskConfig) -> TaskData:
     holds = "fields 'coeff' and 'sol' of shape (N, 421, 421) (MATLAB v5 or v7.3)"
     trp = find_file(cfg, "darcy-nb360", DARCY_FILES["train"], holds)
     tep = find_file(cfg, "darcy-nb360", DARCY_FILES["test"], holds)
-    opt = read_options(cfg, {"n_train": 1000, "n_test": 100, "sub": 5,
-                             **fixture_counts(trp.parent)})
+    held = fixture_counts(trp.parent)   # synthetic fixtures: at most what they hold
+    opt = read_options(cfg, {"n_train": 1000, "n_test": 100, "sub": 5})
+    opt.update({k: min(opt[k], n) for k, n in held.items()})
     if min(opt.values()) < 1:
         raise UserError(f"task '{cfg.name}': options n_train, n_test and sub must be >= 1")
     coeff, sol = read_darcy_mat(trp, opt["n_train"], opt["sub"])

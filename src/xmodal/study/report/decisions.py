@@ -9,6 +9,7 @@ Comparisons (a vs b; diff = a - b, errors):
 - rq3: each freezing mode vs fine-tuning everything, per embedder (trained / untrained);
   the trained vs the untrained embedder with everything fine-tuned;
 - rq4: the randomly initialised body vs each pre-trained one;
+- rq5: each fine-tuning scope (LoRA ranks, LayerNorm only, frozen body) vs full fine-tuning;
 - baselines: the plain fine-tuned setting (everything trained, trained embedder) vs the task's
   linear baseline (`logreg`; `ridge` for dense tasks).
 """
@@ -23,6 +24,7 @@ from .data import Part, RunView, Section, group, stat_of
 from .rq1_proxy import _naive, _proxy_key
 from .rq2_align_epochs import _from_epoch
 from .rq4_pretraining import _is_random, _pre_key
+from .rq5_scope import FULL_LABEL, scope_groups
 
 LINEAR = ("logreg", "ridge")
 # The paper's claims (arXiv 2403.13537), each with the verdicts it predicts for its comparisons.
@@ -42,7 +44,8 @@ CLAIMS = {
 def build(parts: list[Part], refs: dict, margins: dict, modality) -> tuple:
     """(section, comparisons, claims) for the study; `margins[task]` is the spec's margin (None:
     no equivalence verdicts for that task); `modality(task)` is '1d' or '2d'."""
-    families = {q: ({}, DecisionFamily()) for q in ("rq1", "rq2", "rq3", "rq4", "baselines")}
+    families = {q: ({}, DecisionFamily()) for q in ("rq1", "rq2", "rq3", "rq4", "rq5",
+                                                    "baselines")}
     for part in parts:
         if part.experiment in QUESTIONS:
             question, add = QUESTIONS[part.experiment]
@@ -136,8 +139,17 @@ def _rq4(part: Part, meta, fam, margins, modality) -> None:
                      margins, "pretraining")
 
 
+def _rq5(part: Part, meta, fam, margins, modality) -> None:
+    for task in part.tasks():
+        full, groups = scope_groups(part.done(task))
+        for k, runs in groups.items() if full is not None else ():
+            if k != full:
+                _add(meta, fam, (part.name, task, k), task, k, FULL_LABEL, runs, groups[full],
+                     margins)
+
+
 QUESTIONS = {"proxy": ("rq1", _rq1), "align-epochs": ("rq2", _rq2), "freezing": ("rq3", _rq3),
-             "pretraining": ("rq4", _rq4)}
+             "pretraining": ("rq4", _rq4), "scope": ("rq5", _rq5)}
 
 
 def plain_runs(parts: list[Part], task: str) -> list[RunView]:

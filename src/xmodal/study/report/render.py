@@ -24,10 +24,12 @@ from .rq1_proxy import section_proxy
 from .rq2_align_epochs import section_align_epochs
 from .rq3_freezing import section_freezing
 from .rq4_pretraining import section_pretraining
+from .rq5_scope import section_scope
+from .smoke import section_smoke
 
 SECTIONS = {"proxy": section_proxy, "align-epochs": section_align_epochs,
             "freezing": section_freezing, "pretraining": section_pretraining,
-            "custom": section_custom}
+            "scope": section_scope, "custom": section_custom}
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -40,6 +42,7 @@ def build_sections(folder: Path, out: Path) -> tuple[list[Section], dict]:
         failed = store.runs("failed")
         runs = store.runs()
         members = store.members()
+        finals = store.finals()
     if not any(p.done() for p in parts):
         from ...errors import UserError
         raise UserError(f"study folder '{folder}' has no finished runs to report yet "
@@ -48,7 +51,8 @@ def build_sections(folder: Path, out: Path) -> tuple[list[Section], dict]:
     refs = baseline_refs(parts)
     margins = spec_margins(studies)
     task_margins = {t: decisions.margin_of(margins, t) for t in margins}
-    sections = []
+    sections = [section_smoke(runs, members, finals, smoke_spec)
+                for smoke_spec in _smoke_specs(studies)]
     for part in sorted(parts, key=lambda p: order.get(p.experiment, 9)):
         if part.experiment == "baselines" or not part.done():
             continue
@@ -70,6 +74,11 @@ def build_sections(folder: Path, out: Path) -> tuple[list[Section], dict]:
             "n_runs": len(runs), "verdicts": {"rule": VERDICT_RULE, "comparisons": comparisons,
                                               "claims": claims}}
     return sections, meta
+
+
+def _smoke_specs(studies: list[dict]) -> list[dict]:
+    """The spec of the smoke study in this folder, if it is one (a list of 0 or 1)."""
+    return [s["spec"] for s in studies if (s.get("spec") or {}).get("smoke")][:1]
 
 
 def decide(folder: str | Path) -> list[dict]:
