@@ -95,7 +95,7 @@ def test_card_sizes_leave_headroom():
 
 PEAK_CHECK = """
 import json, torch
-from xmodal.stages.memory import PeakMemory
+from xmodal.stages.memory import PeakMemory, tensor_bytes
 model = torch.nn.Linear(1000, 1000)
 with PeakMemory(torch.device("cpu"), model) as peak:
     x = torch.ones(64 * 2**20, dtype=torch.float32)
