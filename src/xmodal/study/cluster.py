@@ -1,6 +1,6 @@
 """The Ray backend of the study runner: `xmodal study run ... --ray ADDRESS`.
 
-This module owns `RayPool`, a drop-in for `runner._Pool` (submit / wait / terminate / close)
+This module owns `RayPool`, a drop-in for `execute.WorkerPool` (submit / wait / terminate / close)
 that runs each study run (`execute.execute`) as a Ray task on a cluster, and everything that
 follows from runs leaving the driver's machine:
 
@@ -14,7 +14,7 @@ follows from runs leaving the driver's machine:
   that path. A marker file the driver writes is looked for on every node before the study
   starts, and again by every run before it trains (nodes can join later);
 - failure mapping: a task whose worker or node dies (OOM killer, lost machine, cancelled) comes
-  back as a failed result, like a dead process in `_Pool`; Ray's own retries are off, so a run is
+  back as a failed result, like a dead process in `WorkerPool`; Ray's own retries are off, so a run is
   never executed twice behind the driver's back.
 
 What it does not change: only the driver writes to the SQLite store, and the driver alone
@@ -129,7 +129,7 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
 
 
 class RayPool:
-    """Runs on a Ray cluster, with `runner._Pool`'s interface. `address`: auto, host:port,
+    """Runs on a Ray cluster, with `execute.WorkerPool`'s interface. `address`: auto, host:port,
     ray://host:port or local. `cpus` / `gpus`: Ray resources per run (gpus may be fractional,
     e.g. 0.5 puts two runs on one GPU); each run uses floor(cpus) (at least 1) torch threads."""
 
@@ -273,7 +273,7 @@ class RayPool:
                             + "; ".join(bad))
         return warnings
 
-    # -- the _Pool interface
+    # -- the WorkerPool interface
 
     def submit(self, run_id: str, job: dict) -> None:
         job = {**job, "progress": False}

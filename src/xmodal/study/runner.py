@@ -22,7 +22,7 @@ from typing import Optional
 
 from ..errors import UserError
 from ..runs.folder import Summary
-from .execute import available_cores, execute, worker_init
+from .execute import WorkerPool, available_cores, execute
 from .liveness import process_token
 from .plan import Plan, PlannedRun, expand
 from .sequential import next_round, sequential_of
@@ -266,7 +266,7 @@ def _run_plan(plan: Plan, store: Store, out: Path, workers: int, quiet: bool,
     if owned:   # smoke runs: a fresh process each, so that each peak memory is its own
         fresh = bool(plan.spec.get("smoke"))
         runner = _InProcess(progress and not quiet) if workers == 1 and not fresh else \
-            _Pool(workers, max(1, available_cores() // workers), one_run_each=fresh)
+            WorkerPool(workers, max(1, available_cores() // workers), one_run_each=fresh)
     loop = _Loop(plan, store, out, workers, runner, console, close_runner=owned)
     loop.run()
     final = store.statuses()
@@ -415,68 +415,3 @@ class _InProcess:
 
     def close(self) -> None:
         pass
-
-
-class _Pool:
-    """N spawned worker processes (concurrent.futures; `one_run_each`: a new process per run).
-    A worker that dies breaks the pool: the runs in flight at that moment are stored as failed
-    (retried on the next invocation) and a new pool takes the remaining runs."""
-
-    def __init__(self, workers: int, threads: int, one_run_each: bool = False):
-        self.workers, self.threads = workers, threads
-        self.one_run_each = one_run_each   # a new process for every run
-        self.progress = False
-        self.futures: dict = {}
-        self.pool = self._new()
-
-    def _new(self):
-        from concurrent.futures import ProcessPoolExecutor
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=self._context(),
-                                   initializer=worker_init, initargs=(self.threads,),
-                                   max_tasks_per_child=1 if self.one_run_each else None)
-
-    def _context(self):
-        """spawn; for a process per run on Linux, forkserver with xmodal's imports preloaded
-        (a run then starts in well under a second instead of re-importing torch)."""
-        import multiprocessing
-        if not (self.one_run_each and sys.platform.startswith("linux")):
-            return multiprocessing.get_context("spawn")
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["xmodal.runs.fit", "xmodal.study.execute"])
-        return ctx
-
-    def submit(self, run_id: str, job: dict) -> None:
-        from concurrent.futures.process import BrokenProcessPool
-        try:
-            self.futures[self.pool.submit(execute, job)] = run_id
-        except BrokenProcessPool:
-            self.pool = self._new()
-            self.futures[self.pool.submit(execute, job)] = run_id
-
-    def wait(self):
-        from concurrent.futures import FIRST_COMPLETED
-        from concurrent.futures import wait as fwait
-        done, _ = fwait(list(self.futures), return_when=FIRST_COMPLETED)
-        broken = False
-        for fut in done:
-            run_id = self.futures.pop(fut)
-            try:
-                yield run_id, fut.result()
-            except Exception as exc:  # noqa: BLE001 - the worker process died
-                broken = True
-                yield run_id, {"status": "failed", "summary": {}, "history": [], "seconds": 0.0,
-                               "error": f"a worker process died while this run was in flight "
-                                        f"({type(exc).__name__}: {exc})"}
-        if broken:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = self._new()
-
-    def terminate(self) -> None:
-        procs = list((getattr(self.pool, "_processes", None) or {}).values())
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
