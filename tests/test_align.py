@@ -206,6 +206,8 @@ def test_pseudo_labels_for_dense_and_multilabel():
     assert np.array_equal(pseudo_labels(multi, 10, 0), pseudo_labels(multi, 10, 0))
     assert len(np.unique(pseudo_labels(np.zeros((5, 3)), 10, 0))) == 1
     assert labels.dtype == np.int64
+    few = rng.normal(size=(8, 1, 4, 4))       # 8 fields: at most 4 clusters, not 8 singletons
+    assert len(np.unique(pseudo_labels(few, 10, 0))) == 4
 
 
 def test_class_samples_draw_members_of_their_class():

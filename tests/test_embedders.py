@@ -334,3 +334,72 @@ def test_conv_init_and_norm_order_are_config_keys():
     assert (cfg.embedder.conv_init, cfg.embedder.norm_order) == ("torch", "post-pos")
     with pytest.raises(UserError, match="embedder.conv_init"):
         load_config(overrides=["embedder.conv_init=kaiming"])
+
+
+# ---------------------------------------------------------------- RQ6: embedder kinds
+
+def _patch_map(emb, x):
+    """The per-patch linear map computed independently: unfold into patches, one matmul."""
+    s = emb.stride
+    patches = x.unfold(-1, s, s).permute(0, 2, 1, 3).flatten(2)          # (B, N, C*s)
+    return patches @ emb.proj.weight.flatten(1).T + emb.proj.bias
+
+
+def test_patch_linear_is_the_per_patch_map_plus_positions_without_layernorm(bert):
+    torch.manual_seed(0)
+    emb = Embedder((2, 40), bert, 8, kind="patch-linear")
+    assert emb.norm is None and emb.mix is None
+    with torch.no_grad():
+        emb.proj.bias.normal_()
+        x = torch.randn(3, 2, 40)
+        tokens, grid = emb(x)
+        torch.testing.assert_close(tokens, _patch_map(emb, x) + emb.pos)
+    assert grid == (8,)
+    # a change in one patch changes only its token
+    y = x.clone()
+    y[..., 0] += 1.0
+    with torch.no_grad():
+        a, b = emb(x)[0], emb(y)[0]
+    assert not torch.equal(a[:, 0], b[:, 0]) and torch.equal(a[:, 1:], b[:, 1:])
+
+
+def test_linear_embedder_is_one_affine_map_of_the_whole_input(bert):
+    torch.manual_seed(0)
+    emb = Embedder((2, 40), bert, 8, kind="linear")
+    assert emb.norm is None and torch.equal(emb.mix, torch.eye(8))   # starts as per-patch
+    with torch.no_grad():
+        emb.mix.normal_()
+        x, y = torch.randn(3, 2, 40), torch.randn(3, 2, 40)
+        f = lambda v: emb(v)[0]                                       # noqa: E731
+        zero = f(torch.zeros_like(x))
+        torch.testing.assert_close(f(x + 2 * y) - zero, (f(x) - zero) + 2 * (f(y) - zero),
+                                   atol=1e-4, rtol=1e-4)
+        expected = torch.einsum("ts,bsd->btd", emb.mix, _patch_map(emb, x)) + emb.pos
+        torch.testing.assert_close(f(x), expected)
+        y = x.clone()
+        y[..., 0] += 1.0
+        assert (f(y) - f(x)).abs().amax(dim=-1).gt(0).all()           # every token moves
+
+
+def test_embedder_kinds_parameter_counts_and_body_init(bert, vit):
+    counts = {k: sum(p.numel() for p in Embedder((3, 16, 16), vit, 16, kind=k).parameters())
+              for k in ("conv", "patch-linear", "linear")}
+    dim = vit.info.in_dim
+    tokens = Embedder((3, 16, 16), vit, 16).n_tokens
+    assert counts["conv"] - counts["patch-linear"] == 2 * dim               # LayerNorm
+    assert counts["linear"] - counts["patch-linear"] == tokens * tokens      # token mixing
+    emb = Embedder((1, 8, 8), bert, 16, kind="linear")
+    assert emb.init_from_body(bert) == ["position embeddings"]
+    swin = load_body(BodyConfig(name="swin-tiny-random"))                  # no positions
+    emb = Embedder((3, 32, 32), swin, 16, kind="linear")
+    out, grid = emb(torch.randn(2, 3, 32, 32))
+    assert emb.pos is None and emb.mix.shape == (64, 64) and out.shape == (2, 64, 32)
+
+
+def test_embedder_kind_is_a_config_key_and_reaches_the_model():
+    cfg = load_config(overrides=["embedder.kind=linear", "body.name=bert-tiny-random"])
+    spec = TaskSpec("t", "t", "1d", "classification", (1, 32), 3)
+    model, _ = build_model(spec, cfg.body, cfg.embedder)
+    assert model.embedder.kind == "linear" and model.embedder.mix is not None
+    with pytest.raises(UserError, match="embedder.kind"):
+        load_config(overrides=["embedder.kind=mlp"])

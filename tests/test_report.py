@@ -14,8 +14,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _config(task, seed, proxy="none", epochs=4, from_epoch=None, finetune="all",
-            pretrained=True, body="minilm", lora_rank=8):
-    return {"task": {"name": task}, "run": {"seed": seed},
+            pretrained=True, body="minilm", lora_rank=8, embedder="conv"):
+    return {"task": {"name": task}, "run": {"seed": seed}, "embedder": {"kind": embedder},
             "align": {"proxy": proxy, "epochs": epochs if proxy != "none" else 0,
                       "from_epoch": from_epoch},
             "train": {"finetune": finetune, "epochs": 3, "lora_rank": lora_rank},
@@ -29,7 +29,8 @@ class Builder:
         self.store = Store(path, create=True)
         self.n = 0
 
-    def add(self, part, experiment, task, values, labels, trace=None, trainable=None, **cfg):
+    def add(self, part, experiment, task, values, labels, trace=None, trainable=None,
+            embedder_total=None, **cfg):
         for seed, value in enumerate(values):
             rid = f"r{self.n:04d}"
             self.n += 1
@@ -39,7 +40,9 @@ class Builder:
                        "best_val_metric": value, "test_metric_best": value,
                        "test_metric_last": value + 0.01,
                        "parameters": {"total": 1, **({} if trainable is None else
-                                                     {"trainable": trainable})},
+                                                     {"trainable": trainable}),
+                                      **({} if embedder_total is None else
+                                         {"embedder_total": embedder_total})},
                        "align": None if trace is None else {"trace": trace(seed)}}
             self.store.register({"name": "synthetic", "description": "numbers chosen by hand"},
                                 [{"id": rid, "task": task, "seed": seed,
@@ -556,6 +559,44 @@ def test_rq3_panel_without_per_epoch_metrics_shows_each_modes_final_test():
         (_x, y), = c.lines[0].get_xydata()
         assert y == pytest.approx(np.mean(vals))
     assert ax.get_ylabel().startswith("test ")
+
+
+def test_rq6_compares_each_embedder_with_the_conv_and_with_itself_unaligned(tmp_path):
+    """RQ6: each kind vs ORCA's conv at the same alignment and each kind aligned vs not, Holm
+    over the question's comparisons; the table shows the embedder's parameters."""
+    b = Builder(tmp_path)
+    values = {("conv", "text"): [0.10, 0.11, 0.12], ("conv", "none"): [0.20, 0.23, 0.21],
+              ("linear", "text"): [0.30, 0.32, 0.33], ("linear", "none"): [0.31, 0.30, 0.34]}
+    for (kind, proxy), vals in values.items():
+        b.add("embedder", "embedder", "digits", vals, {"label": f"{kind} {proxy}"},
+              proxy=proxy, embedder=kind, embedder_total=4_096 if kind == "linear" else 1_000)
+    b.store.close()
+    md = write_report(tmp_path).read_text()
+    section = md.split("## RQ6")[1].split("\n## ")[0]
+    assert (tmp_path / "report" / "rq6-embedder.png").read_bytes()[:8] == PNG
+    assert "| digits | linear | aligned | 4,096 |" in section
+    comps = {(c["a"], c["b"]): c for c in json.loads(
+        (tmp_path / "report" / "verdicts.json").read_text())["comparisons"]
+        if c["question"] == "rq6"}
+    assert set(comps) == {("linear (aligned)", "conv (aligned)"),
+                          ("linear (not aligned)", "conv (not aligned)"),
+                          ("conv (aligned)", "conv (not aligned)"),
+                          ("linear (aligned)", "linear (not aligned)")}
+    raw = {k: sps.ttest_rel(values[a], values[b_]).pvalue for k, a, b_ in (
+        (("linear (aligned)", "conv (aligned)"), ("linear", "text"), ("conv", "text")),
+        (("linear (not aligned)", "conv (not aligned)"), ("linear", "none"), ("conv", "none")),
+        (("conv (aligned)", "conv (not aligned)"), ("conv", "text"), ("conv", "none")),
+        (("linear (aligned)", "linear (not aligned)"), ("linear", "text"), ("linear", "none")))}
+    holm = {}
+    order = sorted(raw, key=raw.get)
+    running = 0.0
+    for rank, k in enumerate(order):                      # Holm step-down, from scipy's p
+        running = max(running, min(1.0, (4 - rank) * raw[k]))
+        holm[k] = running
+    for k, c in comps.items():
+        assert c["p"] == pytest.approx(holm[k], rel=1e-6)
+    assert comps[("linear (aligned)", "conv (aligned)")]["verdict"] == "higher"
+    assert comps[("conv (aligned)", "conv (not aligned)")]["verdict"] == "lower"
 
 
 def test_rq5_compares_each_scope_with_full_fine_tuning(tmp_path):

@@ -193,10 +193,17 @@ def test_paper_proxy_uses_the_papers_proxies_per_modality(tmp_path):
 def test_demo_covers_all_four_experiments_and_shares_runs(tmp_path):
     plan = study.expand(study.load_spec("demo"), tmp_path)
     parts = {m[1] for r in plan.runs for m in r.members}
-    assert parts == {"proxy", "align-epochs", "freezing", "pretraining", "scope", "baselines"}
+    assert parts == {"proxy", "align-epochs", "freezing", "pretraining", "scope", "embedder",
+                     "baselines"}
     # RQ5's full fine-tuning and frozen body are RQ3's runs (all / freeze-body, trained)
     shared = [r for r in plan.runs if {"scope", "freezing"} <= {m[0] for m in r.members}]
     assert {r.config.train.finetune for r in shared} == {"all", "freeze-body"}
+    # RQ6's aligned ORCA conv is RQ3's trained / all run; its five other settings are new
+    shared = [r for r in plan.runs if {"embedder", "freezing"} <= {m[0] for m in r.members}]
+    assert {(r.config.embedder.kind, r.config.align.proxy, r.config.train.finetune)
+            for r in shared} == {("conv", "text", "all")}
+    own = [r for r in plan.runs if [m[0] for m in r.members] == ["embedder"]]
+    assert len({(r.config.embedder.kind, r.config.align.proxy) for r in own}) == 5
     from xmodal.data.registry import REGISTRY
     modalities = {REGISTRY[r.task].spec.modality for r in plan.runs}
     assert modalities == {"1d", "2d"}

@@ -109,10 +109,25 @@ EXPERIMENTS: dict[str, Experiment] = {
     "freezing": Experiment("RQ3: which components need fine-tuning?"),
     "pretraining": Experiment("RQ4: how much does the body's pre-training matter?"),
     "scope": Experiment("RQ5: how much of the model must change in fine-tuning?"),
+    "embedder": Experiment("RQ6: which embedder? ORCA's conv vs simpler linear maps"),
     "custom": Experiment("Custom study"),
     "baselines": Experiment("Domain baselines: does cross-modal fine-tuning beat the obvious method?"),
 }
 
+
+@dataclass(frozen=True)
+class EmbedderKind:
+    """An embedder architecture (RQ6: which embedder?)."""
+    label: str
+    style: tuple[str, str, str]      # (colour, marker, line style) in figures
+
+
+EMBEDDER_KINDS: dict[str, EmbedderKind] = {
+    "conv": EmbedderKind("ORCA conv (patch conv, LayerNorm, positions)", ("#1f77b4", "o", "-")),
+    "patch-linear": EmbedderKind("per-patch linear (no LayerNorm)", ("#ff7f0e", "s", "--")),
+    "linear": EmbedderKind("whole-input linear (FPT-style)", ("#2ca02c", "^", ":")),
+}
+DEFAULT_EMBEDDER = "conv"
 
 # Embedder options: how the patch conv starts, and where the LayerNorm sits.
 CONV_INITS = ("orca", "torch", "trunc-normal")   # xavier gain sqrt 2 bias 0 | torch's | ORCA's naive

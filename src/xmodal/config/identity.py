@@ -24,7 +24,13 @@ NON_IDENTITY_KEYS = ("run.out", "run.name", "run.num_workers", "run.pin_memory",
 
 # Keys added after run ids were first stored: left out of the hash at these (default) values,
 # so existing run folders and study stores keep their ids.
-LATE_KEYS = {"align.max_iter": 2000, "task.max_val": None}
+LATE_KEYS = {"align.max_iter": 2000, "task.max_val": None, "embedder.kind": "conv"}
+
+
+def _early(section: str, values: dict) -> dict:
+    """A section's values without its late keys at their defaults."""
+    return {k: v for k, v in values.items()
+            if LATE_KEYS.get(f"{section}.{k}", object()) != v}
 
 
 def _moot(flat: dict) -> set:
@@ -91,9 +97,10 @@ def alignment_identity(cfg: Config) -> dict:
             "task": {"name": t.name, "kind": t.kind, "data_dir": t.data_dir,
                      "max_train": t.max_train, "val_fraction": t.val_fraction,
                      "split_seed": t.split_seed, "options": t.options},
-            "body": dataclasses.asdict(cfg.body), "embedder": dataclasses.asdict(cfg.embedder),
-            "align": {k: v for k, v in dataclasses.asdict(cfg.align).items()
-                      if k not in NON_KEY_ALIGN and LATE_KEYS.get(f"align.{k}", object()) != v},
+            "body": dataclasses.asdict(cfg.body),
+            "embedder": _early("embedder", dataclasses.asdict(cfg.embedder)),
+            "align": _early("align", {k: v for k, v in dataclasses.asdict(cfg.align).items()
+                                      if k not in NON_KEY_ALIGN}),
             "seed": cfg.run.seed, "lr": align_lr(cfg), "weight_decay": cfg.train.weight_decay,
             "optimizer": align_optimizer(cfg), "momentum": cfg.train.momentum}
 

@@ -39,6 +39,7 @@ class BodyConfig:
 
 @dataclass
 class EmbedderConfig:
+    kind: str = "conv"               # conv (ORCA) | patch-linear | linear (whole input): RQ6
     seq_len: int = 16                # target number of tokens for 1D inputs (and 2D on text bodies)
     init_from_body: bool = True      # copy position embeddings / LayerNorm / patch filters
     patch: Optional[int] = None      # 2D patch size override

@@ -17,6 +17,7 @@ from .schema import TASK_KINDS, Config
 CHOICES = {
     "task.kind": TASK_KINDS,
     "baseline.method": (choices.NO_BASELINE, *choices.BASELINES),
+    "embedder.kind": choices.names(choices.EMBEDDER_KINDS),
     "embedder.conv_init": choices.CONV_INITS,
     "embedder.norm_order": choices.NORM_ORDERS,
     "align.objective": choices.names(choices.OBJECTIVES),

@@ -68,7 +68,8 @@ def build_model(spec: TaskSpec, body_cfg: BodyConfig, embedder_cfg: EmbedderConf
     torch.manual_seed(seed)
     body = load_body(body_cfg)
     ec = embedder_cfg
-    embedder = Embedder(spec.input_shape, body, ec.seq_len, ec.patch, ec.conv_init, ec.norm_order)
+    embedder = Embedder(spec.input_shape, body, ec.seq_len, ec.patch, ec.conv_init, ec.norm_order,
+                        ec.kind)
     notes = embedder.init_from_body(body) if ec.init_from_body else []
     with torch.no_grad():
         body.eval()

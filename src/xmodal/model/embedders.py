@@ -6,6 +6,16 @@ flatten, LayerNorm, position embeddings. `init_from_body` copies the body's posi
 and embedding LayerNorm and tiles a vision body's patch filters over the input channels; it is
 independent of whether the alignment stage runs.
 
+Three kinds (`kind`, RQ6 "which embedder?"; the paper names "a much simpler embedder than the
+convolution, e.g. a linear projection" as future work):
+- `conv` (ORCA, the default): the patch projection above, LayerNorm, position embeddings.
+- `patch-linear`: the same per-patch linear map (a conv with kernel = stride *is* a per-patch
+  linear map) with nothing after it but the position embeddings: no LayerNorm.
+- `linear`: one affine map of the whole input, as FPT's input layer: every token is a linear
+  function of every input value. Factored so it fits any input size: the per-patch map, then a
+  learned token-mixing matrix (tokens x tokens, started at the identity) and a per-token bias
+  (the position embeddings, copied from the body when `init_from_body`). No LayerNorm.
+
 Two choices are settings because they change what a model learns (docs/benchmarks.md measures
 them): `conv_init` (`orca`: xavier_uniform with gain sqrt(2) and zero bias, as ORCA; `torch`:
 PyTorch's default, whose bias dwarfs small-fan-in signals; `trunc-normal`: std 0.02 and zero
@@ -25,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config.choices import CONV_INITS
+from ..config.choices import CONV_INITS, EMBEDDER_KINDS
 from .bodies import Body
 from ..errors import UserError
 
@@ -63,11 +73,16 @@ def plan_2d(height: int, width: int, body: Body, seq_len: int, patch: int | None
 
 
 class Embedder(nn.Module):
-    """Patch projection -> LayerNorm -> + position embeddings. `forward(x) -> (tokens, grid)`."""
+    """Patch projection [-> token mixing] [-> LayerNorm] -> + position embeddings (see the module
+    docstring for the kinds). `forward(x) -> (tokens, grid)`."""
 
     def __init__(self, input_shape: tuple, body: Body, seq_len: int, patch: int | None = None,
-                 conv_init: str = "orca", norm_order: str = "post-pos"):
+                 conv_init: str = "orca", norm_order: str = "post-pos", kind: str = "conv"):
         super().__init__()
+        if kind not in EMBEDDER_KINDS:
+            raise UserError(f"embedder.kind must be one of {', '.join(EMBEDDER_KINDS)}; "
+                            f"got {kind!r}")
+        self.kind = kind
         dim = body.info.in_dim
         self.input_shape = tuple(input_shape)
         if len(input_shape) == 2:
@@ -87,7 +102,8 @@ class Embedder(nn.Module):
         init_conv(self.proj, conv_init)
         n_tokens = math.prod(self.grid)
         check_token_budget(n_tokens, body)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim) if kind == "conv" else None
+        self.mix = _identity_mix(n_tokens) if kind == "linear" else None
         self.norm_first = body.info.family == "swin" or norm_order == "pre-pos"
         self.use_pos = body.info.family != "swin" or body.position_embeddings() is not None
         self.pos = nn.Parameter(torch.zeros(n_tokens, dim)) if self.use_pos else None
@@ -107,6 +123,10 @@ class Embedder(nn.Module):
         elif x.dim() == 4 and self.resize is not None:
             x = F.interpolate(x, size=self.resize, mode="bilinear", align_corners=False)
         tokens = self.proj(x).flatten(2).transpose(1, 2)
+        if self.mix is not None:   # (B, N, D): each token a linear function of all patches
+            tokens = torch.einsum("ts,bsd->btd", self.mix, tokens)
+        if self.norm is None:
+            return (tokens if self.pos is None else tokens + self.pos), self.grid
         if self.norm_first:  # ORCA and Swin: patch LayerNorm, then (optional) positions
             tokens = self.norm(tokens)
             return (tokens if self.pos is None else tokens + self.pos), self.grid
@@ -123,7 +143,8 @@ class Embedder(nn.Module):
             self.pos.copy_(_fit_positions(pos.detach(), self.grid))
             done.append("position embeddings")
         norm = body.embedding_layernorm()
-        if norm is not None and norm.weight.shape == self.norm.weight.shape:
+        if (norm is not None and self.norm is not None
+                and norm.weight.shape == self.norm.weight.shape):
             self.norm.load_state_dict(norm.state_dict())
             done.append("embedding LayerNorm")
         patch = body.patch_weight()
@@ -136,6 +157,11 @@ class Embedder(nn.Module):
                 self.proj.bias.copy_(bias)
             done.append("patch filters (tiled over input channels)")
         return done
+
+
+def _identity_mix(n_tokens: int) -> nn.Parameter:
+    """The `linear` kind's token-mixing matrix, started at the identity (the per-patch map)."""
+    return nn.Parameter(torch.eye(n_tokens))
 
 
 @torch.no_grad()

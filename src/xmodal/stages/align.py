@@ -276,14 +276,19 @@ def target_labels(data, k: int, seed: int) -> tuple[np.ndarray, dict]:
     multi-label targets."""
     if data.spec.kind == "classification":
         return np.asarray(data.y_train), {"labels": "classes", "n": int(len(data.y_train))}
-    return pseudo_labels(data.y_train, k, seed), \
-        {"labels": f"k-means pseudo-labels (k={k})", "n": int(len(data.y_train))}
+    labels = pseudo_labels(data.y_train, k, seed)
+    used = len(np.unique(labels))
+    return labels, {"labels": f"k-means pseudo-labels (k={used}"
+                              + ("" if used == k else f"; {k} asked, at most n/2") + ")",
+                    "n": int(len(data.y_train))}
 
 
 def pseudo_labels(y: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k-means cluster ids of the flattened targets, with at most n/2 clusters (a class needs
+    two samples for OTDD: with 8 training fields, 10 clusters would all be singletons)."""
     from sklearn.cluster import KMeans
     flat = np.asarray(y, np.float64).reshape(len(y), -1)
-    k = max(1, min(k, len(np.unique(flat, axis=0))))
+    k = max(1, min(k, len(flat) // 2, len(np.unique(flat, axis=0))))
     return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(flat).astype(np.int64)
 
 

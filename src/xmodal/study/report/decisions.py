@@ -10,6 +10,7 @@ Comparisons (a vs b; diff = a - b, errors):
   the trained vs the untrained embedder with everything fine-tuned;
 - rq4: the randomly initialised body vs each pre-trained one;
 - rq5: each fine-tuning scope (LoRA ranks, LayerNorm only, frozen body) vs full fine-tuning;
+- rq6: each embedder kind vs ORCA's conv at the same alignment; each kind aligned vs not;
 - baselines: the plain fine-tuned setting (everything trained, trained embedder) vs the task's
   linear baseline (`logreg`; `ridge` for dense tasks).
 """
@@ -25,6 +26,7 @@ from .rq1_proxy import _naive, _proxy_key
 from .rq2_align_epochs import _from_epoch
 from .rq4_pretraining import _is_random, _pre_key
 from .rq5_scope import FULL_LABEL, scope_groups
+from .rq6_embedder import comparisons, embedder_groups, setting_text
 
 LINEAR = ("logreg", "ridge")
 # The paper's claims (arXiv 2403.13537), each with the verdicts it predicts for its comparisons.
@@ -44,7 +46,7 @@ CLAIMS = {
 def build(parts: list[Part], refs: dict, margins: dict, modality) -> tuple:
     """(section, comparisons, claims) for the study; `margins[task]` is the spec's margin (None:
     no equivalence verdicts for that task); `modality(task)` is '1d' or '2d'."""
-    families = {q: ({}, DecisionFamily()) for q in ("rq1", "rq2", "rq3", "rq4", "rq5",
+    families = {q: ({}, DecisionFamily()) for q in ("rq1", "rq2", "rq3", "rq4", "rq5", "rq6",
                                                     "baselines")}
     for part in parts:
         if part.experiment in QUESTIONS:
@@ -148,8 +150,16 @@ def _rq5(part: Part, meta, fam, margins, modality) -> None:
                      margins)
 
 
+def _rq6(part: Part, meta, fam, margins, modality) -> None:
+    for task in part.tasks():
+        groups = embedder_groups(part.done(task))
+        for a, b in comparisons(groups):
+            _add(meta, fam, (part.name, task, a, b), task, setting_text(a), setting_text(b),
+                 groups[a], groups[b], margins)
+
+
 QUESTIONS = {"proxy": ("rq1", _rq1), "align-epochs": ("rq2", _rq2), "freezing": ("rq3", _rq3),
-             "pretraining": ("rq4", _rq4), "scope": ("rq5", _rq5)}
+             "pretraining": ("rq4", _rq4), "scope": ("rq5", _rq5), "embedder": ("rq6", _rq6)}
 
 
 def plain_runs(parts: list[Part], task: str) -> list[RunView]:

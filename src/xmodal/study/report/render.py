@@ -25,11 +25,12 @@ from .rq2_align_epochs import section_align_epochs
 from .rq3_freezing import section_freezing
 from .rq4_pretraining import section_pretraining
 from .rq5_scope import section_scope
+from .rq6_embedder import section_embedder
 from .smoke import section_smoke
 
 SECTIONS = {"proxy": section_proxy, "align-epochs": section_align_epochs,
             "freezing": section_freezing, "pretraining": section_pretraining,
-            "scope": section_scope, "custom": section_custom}
+            "scope": section_scope, "embedder": section_embedder, "custom": section_custom}
 
 
 # ----------------------------------------------------------------------------- rendering
