@@ -32,7 +32,7 @@ def test_demo_study_and_report(tmp_path):
         experiments = {row[0] for row in db.execute("SELECT DISTINCT part FROM members")}
     assert set(statuses) == {"done"} and statuses["done"] >= 20
     assert experiments == {"proxy", "align-epochs", "freezing", "pretraining", "scope",
-                           "baselines"}
+                           "embedder", "baselines"}
 
     again = xmodal("study", "run", "demo", "--out", "study", *SHRINK, cwd=tmp_path)
     assert again.returncode == 0
@@ -42,14 +42,15 @@ def test_demo_study_and_report(tmp_path):
     assert rep.returncode == 0, rep.stderr[-2000:]
     report = tmp_path / "study" / "report"
     for png in ("rq1-proxy.png", "rq2-align-epochs.png", "rq3-freezing.png",
-                "rq4-pretraining.png", "rq5-scope.png"):
+                "rq4-pretraining.png", "rq5-scope.png", "rq6-embedder.png"):
         assert (report / png).stat().st_size > 10_000, png
     text = (report / "report.md").read_text()
-    for heading in ("## RQ1", "## RQ2", "## RQ3", "## RQ4", "## RQ5", "## Domain baselines"):
+    for heading in ("## RQ1", "## RQ2", "## RQ3", "## RQ4", "## RQ5", "## RQ6",
+                    "## Domain baselines"):
         assert heading in text
     # every question's section carries the baselines as reference rows
-    assert text.count("| domain baseline (reference) |") == 5
-    assert text.count("| paper (arXiv 2403.13537) |") == 4       # paper vs ours (not RQ5)
+    assert text.count("| domain baseline (reference) |") == 6
+    assert text.count("| paper (arXiv 2403.13537) |") == 4       # paper vs ours (not RQ5, 6)
     assert "95% confidence interval" in text and "not enough seeds" in text   # one seed here
     assert (report / "report.html").is_file()
 
