@@ -177,3 +177,18 @@ def fig_name(prefix: str, part: Part) -> str:
     name = slug(part.name)
     return f"{prefix}-{part.experiment}.png" if name == part.experiment else \
         f"{prefix}-{part.experiment}-{name}.png"
+
+
+def task_panels_figure(part: Part, tasks: list, draw, prefix: str, title: str, out: Path,
+                       ncol: int) -> Path:
+    """One panel per task (`draw(ax, task)`), titled with the task and its test metric, the
+    baselines as lines; `title` gets the largest seed count as `{seeds}`. Returns the PNG."""
+    fig, axes = panel_grid(len(tasks), ncols_max=3, w=5.2, h=4.0)
+    for ax, task in zip(axes, tasks):
+        draw(ax, task)
+        ax.set_title(task)
+        ax.set_ylabel(f"test {metric_label(part.done(task))}\n(lower is better)")
+    seeds = max(len({r.seed for r in part.done(t)}) for t in tasks)
+    suptitle(fig, title.format(seeds=seeds))
+    reference_lines(axes, part.refs)
+    return save(fig, out / fig_name(prefix, part), collect_legend(axes), ncol=ncol)

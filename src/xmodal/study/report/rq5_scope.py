@@ -13,9 +13,8 @@ import numpy as np
 
 from ...config.choices import EXPERIMENTS, FINETUNE_MODES, FULL_MODE
 from ..stats import Family
-from .baselines import reference_lines
-from .data import Part, RunView, Section, group, join, metric_label, stat_of, test_header
-from .figures import collect_legend, fig_name, panel_grid, save, suptitle
+from .data import Part, RunView, Section, group, join, stat_of, test_header
+from .figures import task_panels_figure
 
 FULL_LABEL = "full fine-tuning"
 
@@ -52,21 +51,16 @@ def section_scope(part: Part, out: Path) -> Section:
     tasks = [t for t in part.tasks() if part.done(t)]
     fam = _tests(part, tasks)
     rows, sentences = [], []
+    for task in tasks:
+        full, groups = scope_groups(part.done(task))
+        rows += _rows(task, groups, full, fam)
+        if full is not None and len(groups) > 1:
+            sentences.append(_sentence(task, groups, full, fam))
     if tasks:
-        fig, axes = panel_grid(len(tasks), ncols_max=3, w=5.2, h=4.0)
-        for ax, task in zip(axes, tasks):
-            full, groups = scope_groups(part.done(task))
-            _panel(ax, groups, full)
-            ax.set_title(task)
-            ax.set_ylabel(f"test {metric_label(part.done(task))}\n(lower is better)")
-            rows += _rows(task, groups, full, fam)
-            if full is not None and len(groups) > 1:
-                sentences.append(_sentence(task, groups, full, fam))
-        seeds = max(len({r.seed for r in part.done(t)}) for t in tasks)
-        suptitle(fig, f"RQ5 how much must change: test error vs trainable parameters, "
-                      f"mean ± 1 std over {seeds} seed(s)")
-        reference_lines(axes, part.refs)
-        path = save(fig, out / fig_name("rq5", part), collect_legend(axes), ncol=3)
+        path = task_panels_figure(
+            part, tasks, lambda ax, task: _panel(ax, *scope_groups(part.done(task))[::-1]),
+            "rq5", "RQ5 how much must change: test error vs trainable parameters, mean ± 1 std "
+                   "over {seeds} seed(s)", out, ncol=3)
         sec.blocks.append(("img", path, f"{part.name}: error vs trainable parameters"))
     sec.blocks.append(("table", ["task", "setting", "fine-tune mode", "trainable parameters",
                                  "seeds", f"{test_header(part.done())} mean ± 95% CI",

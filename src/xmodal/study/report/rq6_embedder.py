@@ -12,9 +12,8 @@ from typing import Optional
 
 from ...config.choices import DEFAULT_EMBEDDER, EMBEDDER_KINDS, EXPERIMENTS
 from ..stats import Family
-from .baselines import reference_lines
-from .data import Part, RunView, Section, group, join, metric_label, stat_of, test_header
-from .figures import collect_legend, fig_name, panel_grid, save, suptitle
+from .data import Part, RunView, Section, group, stat_of, test_header
+from .figures import task_panels_figure
 
 ALIGNMENT = {True: "aligned", False: "not aligned"}
 
@@ -55,21 +54,16 @@ def section_embedder(part: Part, out: Path) -> Section:
     tasks = [t for t in part.tasks() if part.done(t)]
     fam = _tests(part, tasks)
     rows, sentences = [], []
+    for task in tasks:
+        groups = embedder_groups(part.done(task))
+        rows += _rows(task, groups, fam)
+        if comparisons(groups):
+            sentences.append(_sentence(task, groups, fam))
     if tasks:
-        fig, axes = panel_grid(len(tasks), ncols_max=3, w=5.2, h=4.0)
-        for ax, task in zip(axes, tasks):
-            groups = embedder_groups(part.done(task))
-            _panel(ax, groups)
-            ax.set_title(task)
-            ax.set_ylabel(f"test {metric_label(part.done(task))}\n(lower is better)")
-            rows += _rows(task, groups, fam)
-            if comparisons(groups):
-                sentences.append(_sentence(task, groups, fam))
-        seeds = max(len({r.seed for r in part.done(t)}) for t in tasks)
-        suptitle(fig, f"RQ6 which embedder: test error per embedder kind, with and without "
-                      f"alignment, mean ± 1 std over {seeds} seed(s)")
-        reference_lines(axes, part.refs)
-        path = save(fig, out / fig_name("rq6", part), collect_legend(axes), ncol=4)
+        path = task_panels_figure(
+            part, tasks, lambda ax, task: _panel(ax, embedder_groups(part.done(task))), "rq6",
+            "RQ6 which embedder: test error per embedder kind, with and without alignment, "
+            "mean ± 1 std over {seeds} seed(s)", out, ncol=4)
         sec.blocks.append(("img", path, f"{part.name}: error per embedder kind"))
     sec.blocks.append(("table", ["task", "embedder", "alignment", "embedder parameters", "seeds",
                                  f"{test_header(part.done())} mean ± 95% CI",
@@ -133,4 +127,4 @@ def _sentence(task: str, groups: dict, fam: Family) -> str:
              "same": "inconclusive", "unknown": "not enough seeds"}
     clauses = [f"{setting_text(a)} vs {setting_text(b)}: {words[fam.verdict((task, a, b))]}"
                for a, b in comparisons(groups)]
-    return f"On {task}: " + join(clauses) + "."
+    return f"On {task}: " + "; ".join(clauses) + "."
